@@ -1,0 +1,302 @@
+"""The local cluster: rootful podman containers with systemd as PID 1.
+
+One controller, N compute nodes and an optional login node on a private network with fixed
+addresses and names, a shared volume at /fsx (like FSx for Lustre on HyperPod or
+ParallelCluster) and SSH keys generated per cluster. ``up`` writes an inventory with the same
+groups the real inventories use; ``down`` removes exactly what ``up`` created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import socket
+import subprocess
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import images, podman
+from .errors import MlclusterError
+from .paths import project_root, state_dir
+
+DEFAULT_NAME = "mlc"
+LABEL = "io.mlcluster.cluster"
+SSH_WAIT_S = 90
+
+
+@dataclass
+class Node:
+    hostname: str
+    group: str
+    ip: str
+    container: str
+
+
+@dataclass
+class ClusterState:
+    name: str
+    subnet: str
+    network: str
+    volume: str
+    image: str
+    nodes: list[Node] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState:
+        data = json.loads(path.read_text())
+        data["nodes"] = [Node(**n) for n in data["nodes"]]
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def cluster_dir(name: str) -> Path:
+    return state_dir() / "clusters" / name
+
+
+def inventory_dir(name: str) -> Path:
+    """``inventory/local`` for the default cluster; a private directory for the others."""
+    if name == DEFAULT_NAME:
+        return project_root() / "inventory" / "local"
+    return cluster_dir(name) / "inventory"
+
+
+def default_subnet(name: str) -> str:
+    if name == DEFAULT_NAME:
+        return "10.213.0.0/24"
+    return f"10.213.{zlib.crc32(name.encode()) % 200 + 20}.0/24"
+
+
+def plan_nodes(name: str, subnet: str, computes: int, login: bool) -> list[Node]:
+    net = ipaddress.ip_network(subnet)
+    if net.num_addresses < 256:
+        raise MlclusterError(f"subnet {subnet} is too small: use a /24 or larger")
+    if not 1 <= computes <= 64:
+        raise MlclusterError(f"--computes must be between 1 and 64, not {computes}")
+    base = net.network_address
+    nodes = [Node("controller", "slurm_controller", str(base + 10), f"{name}-controller")]
+    if login:
+        nodes.append(Node("login1", "slurm_login", str(base + 11), f"{name}-login1"))
+    nodes += [
+        Node(f"compute{i}", "slurm_compute", str(base + 20 + i), f"{name}-compute{i}")
+        for i in range(1, computes + 1)
+    ]
+    return nodes
+
+
+def _ssh_key(name: str) -> Path:
+    key = cluster_dir(name) / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mlcluster-{name}",
+             "-f", str(key)],
+            check=True,
+        )
+    return key
+
+
+def _start_node(state: ClusterState, node: Node, all_nodes: list[Node], privileged: bool,
+                pubkey: str) -> None:
+    args = [
+        "run", "-d", "--name", node.container, "--hostname", node.hostname,
+        "--network", state.network, "--ip", node.ip,
+        "--volume", f"{state.volume}:/fsx",
+        "--systemd=always", "--cgroupns=private",
+        "--label", f"{LABEL}={state.name}", "--label", f"io.mlcluster.group={node.group}",
+        "--tmpfs", "/tmp:rw,exec,size=2g",
+    ]
+    if privileged:
+        # Needed for Slurm's cgroup plugins (writable controllers) and for sysctls.
+        args.append("--privileged")
+    for other in all_nodes:
+        args += ["--add-host", f"{other.hostname}:{other.ip}"]
+    args.append(state.image)
+    podman.run(args)
+    podman.run(
+        ["exec", "-i", node.container, "sh", "-c",
+         "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys && "
+         "chmod 0600 /root/.ssh/authorized_keys"],
+        input_text=pubkey,
+    )
+
+
+def _port_open(ip: str, port: int = 22) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_ssh(name: str, nodes: list[Node], timeout: float = SSH_WAIT_S) -> None:
+    key = _ssh_key(name)
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending and time.monotonic() < deadline:
+        for node in list(pending):
+            if not _port_open(node.ip):
+                continue
+            probe = subprocess.run(
+                ["ssh", *ssh_options(key), f"root@{node.ip}", "true"],
+                capture_output=True, timeout=15, check=False,
+            )
+            if probe.returncode == 0:
+                pending.remove(node)
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        names = ", ".join(n.hostname for n in pending)
+        logs = podman.run(["logs", "--tail", "5", pending[0].container], check=False).stdout
+        raise MlclusterError(
+            f"node(s) {names} unreachable over SSH after {timeout:.0f} s; last log lines of "
+            f"{pending[0].container}:\n{logs.strip()}"
+        )
+
+
+def ssh_options(key: Path) -> list[str]:
+    return [
+        "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+    ]
+
+
+def write_inventory(state: ClusterState) -> Path:
+    key = _ssh_key(state.name)
+    groups: dict[str, dict] = {
+        "slurm_controller": {"hosts": {}},
+        "slurm_login": {"hosts": {}},
+        "slurm_compute": {"hosts": {}},
+    }
+    for node in state.nodes:
+        groups[node.group]["hosts"][node.hostname] = {"ansible_host": node.ip}
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(key),
+                "ansible_ssh_common_args": " ".join(ssh_options(key)[2:]),
+                "mlcluster_local_cluster": state.name,
+            },
+            "children": {"slurm": {"children": groups}},
+        }
+    }
+    inv_dir = inventory_dir(state.name)
+    inv_dir.mkdir(parents=True, exist_ok=True)
+    if state.name != DEFAULT_NAME:
+        shared = project_root() / "inventory" / "local" / "group_vars"
+        link = inv_dir / "group_vars"
+        if shared.is_dir() and not link.exists():
+            link.symlink_to(shared)
+    path = inv_dir / "hosts.yml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# Written by `mlcluster local up`; do not edit (it is rewritten on every up).\n"
+        + yaml.safe_dump(inventory, sort_keys=False)
+    )
+    tmp.replace(path)
+    return path
+
+
+def up(name: str = DEFAULT_NAME, computes: int = 2, login: bool = False,
+       subnet: str | None = None, base_image: str | None = None, privileged: bool = True,
+       say=print) -> ClusterState:
+    podman.valid_name(name)
+    podman.require_podman()
+    podman.ensure_host_setup(say)
+    state_file = cluster_dir(name) / "state.json"
+    previous = ClusterState.load(state_file) if state_file.exists() else None
+    if previous and subnet and subnet != previous.subnet:
+        raise MlclusterError(
+            f"cluster {name} already runs on {previous.subnet}; `mlcluster local down` first "
+            f"to move it to {subnet}"
+        )
+    subnet = previous.subnet if previous else (subnet or default_subnet(name))
+    if previous:
+        # Growing or restarting a running cluster keeps its nodes and login choice.
+        login = login or any(n.group == "slurm_login" for n in previous.nodes)
+        computes = max(computes, sum(n.group == "slurm_compute" for n in previous.nodes))
+    nodes = plan_nodes(name, subnet, computes, login)
+    image = images.ensure_node_image(base_image=base_image, say=say)
+    state = ClusterState(name=name, subnet=subnet, network=f"{name}-net",
+                         volume=f"{name}-fsx", image=image, nodes=nodes)
+    cluster_dir(name).mkdir(parents=True, exist_ok=True)
+    # Record what is about to exist before creating it, so `down` can always clean up.
+    state.save(state_file)
+    if not podman.exists("network", state.network):
+        podman.run(["network", "create", "--subnet", subnet,
+                    "--label", f"{LABEL}={name}", state.network])
+    if not podman.exists("volume", state.volume):
+        podman.run(["volume", "create", "--label", f"{LABEL}={name}", state.volume])
+    pubkey = _ssh_key(name).with_suffix(".pub").read_text()
+    started = []
+    for node in nodes:
+        if podman.exists("container", node.container):
+            running = podman.inspect(node.container)["State"]["Running"]
+            if not running:
+                podman.run(["start", node.container])
+            continue
+        _start_node(state, node, nodes, privileged, pubkey)
+        started.append(node.hostname)
+    wait_for_ssh(name, nodes)
+    inv = write_inventory(state)
+    say(f"cluster {name}: {len(nodes)} nodes up ({', '.join(started) or 'none new'} started); "
+        f"inventory {inv}")
+    return state
+
+
+def down(name: str = DEFAULT_NAME, say=print) -> list[str]:
+    podman.valid_name(name)
+    podman.require_podman()
+    removed = []
+    for ctr in podman.containers_with_label(f"{LABEL}={name}"):
+        ctr_name = ctr["Names"][0]
+        podman.run(["rm", "-f", "-t", "5", ctr_name])
+        removed.append(f"container {ctr_name}")
+    for kind, obj in (("network", f"{name}-net"), ("volume", f"{name}-fsx")):
+        if podman.exists(kind, obj):
+            podman.run([kind, "rm", "-f", obj])
+            removed.append(f"{kind} {obj}")
+    inv = inventory_dir(name) / "hosts.yml"
+    if inv.exists():
+        inv.unlink()
+        removed.append(f"inventory {inv}")
+    if cluster_dir(name).exists():
+        shutil.rmtree(cluster_dir(name))
+        removed.append(f"keys and state {cluster_dir(name)}")
+    say(f"cluster {name}: removed " + (", ".join(removed) if removed else "nothing (not up)"))
+    return removed
+
+
+def status(name: str = DEFAULT_NAME) -> list[dict]:
+    podman.valid_name(name)
+    podman.require_podman()
+    rows = []
+    for ctr in sorted(podman.containers_with_label(f"{LABEL}={name}"),
+                      key=lambda c: c["Names"][0]):
+        ctr_name = ctr["Names"][0]
+        info = podman.inspect(ctr_name)
+        running = info["State"]["Running"]
+        nets = info["NetworkSettings"].get("Networks") or {}
+        ip = next((n.get("IPAddress") for n in nets.values()), "")
+        systemd = "-"
+        if running:
+            probe = podman.run(["exec", ctr_name, "systemctl", "is-system-running"], check=False)
+            systemd = probe.stdout.strip() or "unknown"
+        rows.append({
+            "container": ctr_name,
+            "hostname": info["Config"]["Hostname"],
+            "group": info["Config"]["Labels"].get("io.mlcluster.group", ""),
+            "state": info["State"]["Status"],
+            "ip": ip,
+            "systemd": systemd,
+        })
+    return rows

@@ -1,0 +1,105 @@
+"""Process-group set-up shared by the torch cases.
+
+Reads the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT). Without them the case runs as a one-process group on an in-memory store, so the
+same code path (DDP, FSDP2, DCP) runs alone and distributed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("auto", "gloo", "nccl")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="process-group backend; auto: nccl on CUDA, gloo on CPU",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu",
+    )
+
+
+def resolve_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        if requested == "nccl" and device.type != "cuda":
+            raise SystemExit("--backend nccl needs a CUDA device")
+        return requested
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(backend: str = "auto", device: str = "auto") -> DistContext:
+    """Join (or, alone, create) the default process group and pin this rank's device."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch_device = resolve_device(device, local_rank)
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+    chosen = resolve_backend(backend, torch_device)
+    if not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(
+                chosen, device_id=torch_device if torch_device.type == "cuda" else None
+            )
+        else:
+            dist.init_process_group(chosen, store=dist.HashStore(), rank=0, world_size=1)
+    return DistContext(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        backend=chosen,
+        device=torch_device,
+    )
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work so that wall-clock step times mean something."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mean_across_ranks(value: torch.Tensor) -> float:
+    """The mean of a scalar over all ranks (the global-batch loss when local batches are equal)."""
+    reduced = value.detach().clone().float()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced.item() / dist.get_world_size()
