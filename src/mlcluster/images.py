@@ -23,8 +23,16 @@ NODE_REPO = "localhost/mlcluster-node"
 DEBIAN_MIRROR = os.environ.get("MLCLUSTER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What a node needs before Ansible can run in it: systemd as init, Python, SSH.
 BASE_PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "python3", "openssh-server", "iproute2", "sudo",
-    "ca-certificates", "procps", "less",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "openssh-server",
+    "iproute2",
+    "sudo",
+    "ca-certificates",
+    "procps",
+    "less",
 ]
 # Files of a role that only the configure phase reads; changing them needs no re-bake.
 _CONFIGURE_ONLY = ("tasks/configure", "handlers/", "README.md")
@@ -69,18 +77,37 @@ def ensure_base_image(say=print) -> str:
     with tempfile.TemporaryDirectory(prefix="mlcluster-rootfs-", dir=state_dir()) as tmp:
         rootfs = Path(tmp) / "rootfs"
         proc = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-             "bookworm", str(rootfs), DEBIAN_MIRROR],
-            capture_output=True, text=True, check=False,
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                "bookworm",
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0:
             tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
             raise MlclusterError(f"debootstrap failed (exit {proc.returncode}):\n{tail}")
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         imp = subprocess.run(
-            ["podman", "import", "--change", 'CMD ["/sbin/init"]',
-             "--change", "STOPSIGNAL SIGRTMIN+3", "-", BASE_IMAGE],
-            stdin=tar.stdout, capture_output=True, text=True, check=False,
+            [
+                "podman",
+                "import",
+                "--change",
+                'CMD ["/sbin/init"]',
+                "--change",
+                "STOPSIGNAL SIGRTMIN+3",
+                "-",
+                BASE_IMAGE,
+            ],
+            stdin=tar.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         tar.wait()
         if imp.returncode != 0 or tar.returncode != 0:
@@ -126,16 +153,23 @@ def ensure_node_image(base_image: str | None = None, force: bool = False, say=pr
     env.setdefault("PACKER_CACHE_DIR", str(work / "packer_cache"))
     log = work / "packer.log"
     cmd = [
-        "packer", "build", "-force",
-        "-var", f"base_image={base}",
-        "-var", f"image_name={tag}",
-        "-var", f"export_path={export}",
-        "-var", f"playbook={root / 'playbooks' / 'bake.yml'}",
+        "packer",
+        "build",
+        "-force",
+        "-var",
+        f"base_image={base}",
+        "-var",
+        f"image_name={tag}",
+        "-var",
+        f"export_path={export}",
+        "-var",
+        f"playbook={root / 'playbooks' / 'bake.yml'}",
         str(root / "packer" / "local.pkr.hcl"),
     ]
     with log.open("w") as out:
-        proc = subprocess.run(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              check=False)
+        proc = subprocess.run(
+            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     export.unlink(missing_ok=True)
     if proc.returncode != 0 or not podman.exists("image", tag):
         tail = "\n".join(log.read_text().splitlines()[-15:])
@@ -145,8 +179,9 @@ def ensure_node_image(base_image: str | None = None, force: bool = False, say=pr
 
 
 def _prune_old_node_images(keep: str) -> None:
-    out = podman.run(["images", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPO],
-                     check=False).stdout.split()
+    out = podman.run(
+        ["images", "--format", "{{.Repository}}:{{.Tag}}", NODE_REPO], check=False
+    ).stdout.split()
     in_use = {c.get("Image") for c in podman.containers_with_label("io.mlcluster.cluster")}
     for image in out:
         if image != keep and image not in in_use:

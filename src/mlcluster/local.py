@@ -97,22 +97,47 @@ def _ssh_key(name: str) -> Path:
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mlcluster-{name}",
-             "-f", str(key)],
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"mlcluster-{name}",
+                "-f",
+                str(key),
+            ],
             check=True,
         )
     return key
 
 
-def _start_node(state: ClusterState, node: Node, all_nodes: list[Node], privileged: bool,
-                pubkey: str) -> None:
+def _start_node(
+    state: ClusterState, node: Node, all_nodes: list[Node], privileged: bool, pubkey: str
+) -> None:
     args = [
-        "run", "-d", "--name", node.container, "--hostname", node.hostname,
-        "--network", state.network, "--ip", node.ip,
-        "--volume", f"{state.volume}:/fsx",
-        "--systemd=always", "--cgroupns=private",
-        "--label", f"{LABEL}={state.name}", "--label", f"io.mlcluster.group={node.group}",
-        "--tmpfs", "/tmp:rw,exec,size=2g",
+        "run",
+        "-d",
+        "--name",
+        node.container,
+        "--hostname",
+        node.hostname,
+        "--network",
+        state.network,
+        "--ip",
+        node.ip,
+        "--volume",
+        f"{state.volume}:/fsx",
+        "--systemd=always",
+        "--cgroupns=private",
+        "--label",
+        f"{LABEL}={state.name}",
+        "--label",
+        f"io.mlcluster.group={node.group}",
+        "--tmpfs",
+        "/tmp:rw,exec,size=2g",
     ]
     if privileged:
         # Needed for Slurm's cgroup plugins (writable controllers) and for sysctls.
@@ -122,9 +147,15 @@ def _start_node(state: ClusterState, node: Node, all_nodes: list[Node], privileg
     args.append(state.image)
     podman.run(args)
     podman.run(
-        ["exec", "-i", node.container, "sh", "-c",
-         "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys && "
-         "chmod 0600 /root/.ssh/authorized_keys"],
+        [
+            "exec",
+            "-i",
+            node.container,
+            "sh",
+            "-c",
+            "install -d -m 0700 /root/.ssh && cat > /root/.ssh/authorized_keys && "
+            "chmod 0600 /root/.ssh/authorized_keys",
+        ],
         input_text=pubkey,
     )
 
@@ -147,7 +178,9 @@ def wait_for_ssh(name: str, nodes: list[Node], timeout: float = SSH_WAIT_S) -> N
                 continue
             probe = subprocess.run(
                 ["ssh", *ssh_options(key), f"root@{node.ip}", "true"],
-                capture_output=True, timeout=15, check=False,
+                capture_output=True,
+                timeout=15,
+                check=False,
             )
             if probe.returncode == 0:
                 pending.remove(node)
@@ -164,8 +197,18 @@ def wait_for_ssh(name: str, nodes: list[Node], timeout: float = SSH_WAIT_S) -> N
 
 def ssh_options(key: Path) -> list[str]:
     return [
-        "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
+        "-i",
+        str(key),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "BatchMode=yes",
     ]
 
 
@@ -206,9 +249,15 @@ def write_inventory(state: ClusterState) -> Path:
     return path
 
 
-def up(name: str = DEFAULT_NAME, computes: int = 2, login: bool = False,
-       subnet: str | None = None, base_image: str | None = None, privileged: bool = True,
-       say=print) -> ClusterState:
+def up(
+    name: str = DEFAULT_NAME,
+    computes: int = 2,
+    login: bool = False,
+    subnet: str | None = None,
+    base_image: str | None = None,
+    privileged: bool = True,
+    say=print,
+) -> ClusterState:
     podman.valid_name(name)
     podman.require_podman()
     podman.ensure_host_setup(say)
@@ -226,14 +275,21 @@ def up(name: str = DEFAULT_NAME, computes: int = 2, login: bool = False,
         computes = max(computes, sum(n.group == "slurm_compute" for n in previous.nodes))
     nodes = plan_nodes(name, subnet, computes, login)
     image = images.ensure_node_image(base_image=base_image, say=say)
-    state = ClusterState(name=name, subnet=subnet, network=f"{name}-net",
-                         volume=f"{name}-fsx", image=image, nodes=nodes)
+    state = ClusterState(
+        name=name,
+        subnet=subnet,
+        network=f"{name}-net",
+        volume=f"{name}-fsx",
+        image=image,
+        nodes=nodes,
+    )
     cluster_dir(name).mkdir(parents=True, exist_ok=True)
     # Record what is about to exist before creating it, so `down` can always clean up.
     state.save(state_file)
     if not podman.exists("network", state.network):
-        podman.run(["network", "create", "--subnet", subnet,
-                    "--label", f"{LABEL}={name}", state.network])
+        podman.run(
+            ["network", "create", "--subnet", subnet, "--label", f"{LABEL}={name}", state.network]
+        )
     if not podman.exists("volume", state.volume):
         podman.run(["volume", "create", "--label", f"{LABEL}={name}", state.volume])
     pubkey = _ssh_key(name).with_suffix(".pub").read_text()
@@ -248,8 +304,10 @@ def up(name: str = DEFAULT_NAME, computes: int = 2, login: bool = False,
         started.append(node.hostname)
     wait_for_ssh(name, nodes)
     inv = write_inventory(state)
-    say(f"cluster {name}: {len(nodes)} nodes up ({', '.join(started) or 'none new'} started); "
-        f"inventory {inv}")
+    say(
+        f"cluster {name}: {len(nodes)} nodes up ({', '.join(started) or 'none new'} started); "
+        f"inventory {inv}"
+    )
     return state
 
 
@@ -280,8 +338,7 @@ def status(name: str = DEFAULT_NAME) -> list[dict]:
     podman.valid_name(name)
     podman.require_podman()
     rows = []
-    for ctr in sorted(podman.containers_with_label(f"{LABEL}={name}"),
-                      key=lambda c: c["Names"][0]):
+    for ctr in sorted(podman.containers_with_label(f"{LABEL}={name}"), key=lambda c: c["Names"][0]):
         ctr_name = ctr["Names"][0]
         info = podman.inspect(ctr_name)
         running = info["State"]["Running"]
@@ -291,12 +348,14 @@ def status(name: str = DEFAULT_NAME) -> list[dict]:
         if running:
             probe = podman.run(["exec", ctr_name, "systemctl", "is-system-running"], check=False)
             systemd = probe.stdout.strip() or "unknown"
-        rows.append({
-            "container": ctr_name,
-            "hostname": info["Config"]["Hostname"],
-            "group": info["Config"]["Labels"].get("io.mlcluster.group", ""),
-            "state": info["State"]["Status"],
-            "ip": ip,
-            "systemd": systemd,
-        })
+        rows.append(
+            {
+                "container": ctr_name,
+                "hostname": info["Config"]["Hostname"],
+                "group": info["Config"]["Labels"].get("io.mlcluster.group", ""),
+                "state": info["State"]["Status"],
+                "ip": ip,
+                "systemd": systemd,
+            }
+        )
     return rows

@@ -22,7 +22,7 @@ def require_podman() -> str:
     if not path:
         raise MlclusterError(
             "podman is not installed: the local cluster runs its nodes as rootful podman "
-            "containers. Install it with `bash scripts/setup.sh` (or `apt-get install podman runc`)."
+            "containers. Install it with `bash scripts/setup.sh` (`apt-get install podman runc`)."
         )
     if os.geteuid() != 0:
         raise MlclusterError(
@@ -63,8 +63,12 @@ def run(
 
 def exists(kind: str, name: str) -> bool:
     """Whether a podman object (container, network, volume, image) of that name exists."""
-    verb = {"container": ["container", "exists"], "image": ["image", "exists"],
-            "volume": ["volume", "exists"], "network": ["network", "exists"]}[kind]
+    verb = {
+        "container": ["container", "exists"],
+        "image": ["image", "exists"],
+        "volume": ["volume", "exists"],
+        "network": ["network", "exists"],
+    }[kind]
     return run([*verb, name], check=False).returncode == 0
 
 
@@ -107,9 +111,7 @@ def required_host_conf() -> tuple[str, list[str]]:
     hard = _hard_nofile()
     can_raise = bool(_capabilities() & (1 << _CAP_SYS_RESOURCE))
     if not can_raise and hard < 1048576:
-        containers.append(
-            f'default_ulimits = ["nofile={hard}:{hard}", "nproc=32768:32768"]'
-        )
+        containers.append(f'default_ulimits = ["nofile={hard}:{hard}", "nproc=32768:32768"]')
         reasons.append(
             f"root cannot raise nofile above {hard} (no CAP_SYS_RESOURCE): containers get "
             f"nofile={hard}"

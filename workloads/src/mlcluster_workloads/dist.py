@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mlcluster_workloads.metrics import Device
+
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -22,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class DistContext:
     rank: int
     world_size: int
-    local_rank: int
+    local_rank: int  # selects the CUDA device: cuda:LOCAL_RANK
     backend: str
     device: torch.device
 
@@ -64,8 +66,6 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 def init(backend: str = "auto", device: str = "auto") -> DistContext:
     """Join (or, alone, create) the default process group and pin this rank's device."""
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch_device = resolve_device(device, local_rank)
     if torch_device.type == "cuda":
@@ -103,3 +103,14 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     reduced = value.detach().clone().float()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.item() / dist.get_world_size()
+
+
+def reporter_device(device: torch.device) -> Device:
+    """Peak memory is torch.cuda.max_memory_allocated on CUDA, the peak RSS on CPU."""
+    if device.type == "cuda":
+        return Device(
+            torch.cuda.get_device_name(device),
+            accelerator=True,
+            peak_memory=lambda: torch.cuda.max_memory_allocated(device),
+        )
+    return Device("cpu", accelerator=False)

@@ -58,9 +58,7 @@ def unknown_role_vars(names, specs):
             continue
         close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        messages.append(
-            f"{name} is not a variable of role {by_prefix[prefix]['role']}{hint}"
-        )
+        messages.append(f"{name} is not a variable of role {by_prefix[prefix]['role']}{hint}")
     return messages
 
 

@@ -23,7 +23,7 @@ options:
 EXAMPLES = r"""
 - name: Show the roles that declare variables
   ansible.builtin.debug:
-    msg: "{{ query('mlcluster.core.role_specs', playbook_dir ~ '/../roles') | map(attribute='role') }}"
+    msg: "{{ query('mlcluster.core.role_specs') | map(attribute='role') }}"
 """
 
 RETURN = r"""

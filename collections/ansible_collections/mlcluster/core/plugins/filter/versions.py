@@ -1,0 +1,306 @@
+"""Filters over versions.yml: compatibility rules, download URLs, flavour contents."""
+
+from __future__ import annotations
+
+import re
+
+DOCUMENTATION = r"""
+name: version_errors
+author: mlcluster developers
+short_description: Check the version manifest (versions.yml) for combinations that cannot work
+description:
+  - Applies the compatibility rules to the C(mlcluster_versions) manifest for one image
+    flavour and returns one clear message per broken rule; an empty list means the
+    combination may be baked.
+  - "Rules: Fabric Manager has exactly the driver's version; the driver is at least the
+    minimum the CUDA toolkit needs; NCCL is built for the CUDA major version in use; the
+    aws-ofi-nccl plugin gets the libfabric and NCCL versions it needs and is either the one the
+    EFA installer bundles or buildable from source; every download of the flavour names a
+    known source, a path and a sha256; the mirror base is an http(s) URL."
+  - Companion filters in this file are C(download) (resolve a download to URL and checksum),
+    C(source_url) (resolve a repository base) and C(flavor_components).
+positional: _input, flavor
+options:
+  _input:
+    description: The C(mlcluster_versions) dictionary from versions.yml.
+    type: dict
+    required: true
+  flavor:
+    description: Image flavour (a key of C(flavors)).
+    type: str
+    required: true
+  mirror_base:
+    description: Value of C(mlcluster_mirror_base); empty for the upstream sources.
+    type: str
+    default: ""
+"""
+
+EXAMPLES = r"""
+- name: Check the version manifest before anything is installed
+  ansible.builtin.assert:
+    that: __errors | length == 0
+    fail_msg: "{{ __errors | join('\n') }}"
+  vars:
+    __errors: "{{ mlcluster_versions | mlcluster.core.version_errors('gpu', mirror_base=mlcluster_mirror_base | default('')) }}"
+
+- name: Download the EFA installer with its checksum
+  ansible.builtin.get_url:
+    url: "{{ __dl.url }}"
+    checksum: "{{ __dl.checksum }}"
+    dest: "/var/cache/mlcluster/{{ __dl.filename }}"
+    mode: "0644"
+  vars:
+    __dl: "{{ mlcluster_versions | mlcluster.core.download('efa', 'installer', mlcluster_mirror_base | default('')) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: One message per broken rule (version_errors); empty when the manifest is consistent.
+  type: list
+  elements: str
+"""
+
+# Minimum Linux x86_64 driver for each CUDA toolkit release ("CUDA Toolkit and Corresponding
+# Driver Versions", CUDA release notes). A full version (12.9.1) is looked up first, then its
+# major.minor GA release. Minor-version compatibility would accept older drivers for some
+# features; an image pins the toolkit's own driver so that everything in it works.
+CUDA_MIN_DRIVER = {
+    "11.8": "520.61.05",
+    "12.0": "525.60.13",
+    "12.0.1": "525.85.12",
+    "12.1": "530.30.02",
+    "12.2": "535.54.03",
+    "12.2.1": "535.86.09",
+    "12.2.2": "535.104.05",
+    "12.3": "545.23.06",
+    "12.3.1": "545.23.08",
+    "12.4": "550.54.14",
+    "12.4.1": "550.54.15",
+    "12.5": "555.42.02",
+    "12.5.1": "555.42.06",
+    "12.6": "560.28.03",
+    "12.6.1": "560.35.03",
+    "12.6.2": "560.35.03",
+    "12.6.3": "560.35.05",
+    "12.8": "570.26",
+    "12.8.1": "570.124.06",
+    "12.9": "575.51.03",
+    "12.9.1": "575.57.08",
+    "13.0": "580.65.06",
+    "13.0.1": "580.82.07",
+    "13.0.2": "580.95.05",
+}
+
+# Components that need no entry under `components` (nothing to pin).
+VERSIONLESS = frozenset({"tuning"})
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_WHEEL_CUDA = re.compile(r"nvidia_nccl_cu(\d+)-")
+
+
+def version_tuple(value) -> tuple[int, ...]:
+    """Leading numeric part of a version: '2.1.0amzn2.0' -> (2, 1, 0), '1:4.2.3-1' -> (4, 2, 3)."""
+    text = str(value).split(":", 1)[-1]
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    if not match:
+        return ()
+    return tuple(int(part) for part in match.group(0).split("."))
+
+
+def _major(value) -> int | None:
+    parts = version_tuple(value)
+    return parts[0] if parts else None
+
+
+def _components(versions: dict) -> dict:
+    return versions.get("components") or {}
+
+
+def flavor_components(versions: dict, flavor: str) -> list[str]:
+    """Components an image flavour contains, in install order."""
+    flavors = versions.get("flavors") or {}
+    if flavor not in flavors:
+        raise ValueError(
+            f"unknown image flavour {flavor!r}; versions.yml defines {', '.join(sorted(flavors))}"
+        )
+    return list(flavors[flavor])
+
+
+def source_url(versions: dict, source: str, mirror_base: str = "") -> str:
+    """Base URL of a download source or package repository, honouring the site mirror."""
+    sources = versions.get("sources") or {}
+    if source not in sources:
+        raise ValueError(f"unknown download source {source!r}; versions.yml defines {', '.join(sorted(sources))}")
+    if mirror_base:
+        return f"{mirror_base.rstrip('/')}/{source}"
+    return str(sources[source]).rstrip("/")
+
+
+def download(versions: dict, component: str, name: str, mirror_base: str = "") -> dict:
+    """Resolve components.<component>.downloads.<name> to url, sha256, checksum and filename."""
+    entry = ((_components(versions).get(component) or {}).get("downloads") or {}).get(name)
+    if entry is None:
+        raise ValueError(f"versions.yml has no download {component}.downloads.{name}")
+    url = f"{source_url(versions, entry['source'], mirror_base)}/{str(entry['path']).lstrip('/')}"
+    sha256 = entry.get("sha256")
+    return {
+        "url": url,
+        "sha256": sha256,
+        "checksum": f"sha256:{sha256}" if sha256 else "",
+        "filename": url.rsplit("/", 1)[-1],
+    }
+
+
+def _rule_fabricmanager(comps: dict, present: set) -> list[str]:
+    if "nvidia_driver" not in present:
+        return []
+    driver = comps.get("nvidia_driver") or {}
+    fm = driver.get("fabricmanager")
+    if fm is not None and str(fm) != str(driver.get("version")):
+        return [
+            f"nvidia_driver: Fabric Manager {fm} differs from the driver {driver.get('version')}; "
+            "they must be the same version or nvidia-fabricmanager refuses to start on NVSwitch systems."
+        ]
+    return []
+
+
+def _rule_cuda_driver(comps: dict, present: set) -> list[str]:
+    if not {"nvidia_driver", "cuda_toolkit"} <= present:
+        return []
+    cuda = str((comps.get("cuda_toolkit") or {}).get("version"))
+    driver = str((comps.get("nvidia_driver") or {}).get("version"))
+    parts = cuda.split(".")
+    minimum = CUDA_MIN_DRIVER.get(cuda) or CUDA_MIN_DRIVER.get(".".join(parts[:2]))
+    if minimum is None:
+        return [
+            f"cuda_toolkit: no minimum driver is known for CUDA {cuda}; add it to CUDA_MIN_DRIVER "
+            "in plugins/filter/versions.py from the CUDA release notes."
+        ]
+    if version_tuple(driver) < version_tuple(minimum):
+        return [
+            f"cuda_toolkit: CUDA {cuda} needs NVIDIA driver >= {minimum}; versions.yml pins {driver}. "
+            "Raise nvidia_driver.version (and fabricmanager) or lower cuda_toolkit.version."
+        ]
+    return []
+
+
+def _rule_nccl_cuda(comps: dict, present: set) -> list[str]:
+    if "nccl" not in present:
+        return []
+    nccl = comps.get("nccl") or {}
+    built_for = _major(nccl.get("cuda"))
+    errors = []
+    if "cuda_toolkit" in present:
+        cuda = (comps.get("cuda_toolkit") or {}).get("version")
+        if built_for != _major(cuda):
+            errors.append(
+                f"nccl: NCCL {nccl.get('version')} is built for CUDA {nccl.get('cuda')} but the image "
+                f"has CUDA {cuda}; use the NCCL build for CUDA {_major(cuda)}.x."
+            )
+    wheel = (nccl.get("downloads") or {}).get("wheel")
+    if wheel:
+        match = _WHEEL_CUDA.search(str(wheel.get("path", "")))
+        if match and int(match.group(1)) != built_for:
+            errors.append(
+                f"nccl: the wheel {str(wheel['path']).rsplit('/', 1)[-1]} is for CUDA {match.group(1)} "
+                f"but nccl.cuda says {nccl.get('cuda')}."
+            )
+        if str(nccl.get("version")) not in str(wheel.get("path", "")):
+            errors.append(f"nccl: the wheel path does not name NCCL {nccl.get('version')}.")
+    return errors
+
+
+def _rule_ofi_nccl(comps: dict, present: set) -> list[str]:
+    if "aws_ofi_nccl" not in present:
+        return []
+    ofi = comps.get("aws_ofi_nccl") or {}
+    requires = ofi.get("requires") or {}
+    efa = comps.get("efa") or {}
+    bundles = efa.get("bundles") or {}
+    errors = []
+    if "efa" not in present:
+        errors.append("aws_ofi_nccl: the plugin needs libfabric from the efa component, which this flavour lacks.")
+    elif requires.get("libfabric") and bundles.get("libfabric"):
+        if version_tuple(bundles["libfabric"]) < version_tuple(requires["libfabric"]):
+            errors.append(
+                f"aws_ofi_nccl: aws-ofi-nccl {ofi.get('version')} needs libfabric >= {requires['libfabric']}; "
+                f"EFA installer {efa.get('version')} ships libfabric {bundles['libfabric']}."
+            )
+    if "nccl" in present and requires.get("nccl"):
+        nccl_version = (comps.get("nccl") or {}).get("version")
+        if version_tuple(nccl_version) < version_tuple(requires["nccl"]):
+            errors.append(
+                f"aws_ofi_nccl: aws-ofi-nccl {ofi.get('version')} needs NCCL >= {requires['nccl']}; "
+                f"versions.yml pins NCCL {nccl_version}."
+            )
+    bundled = bundles.get("aws_ofi_nccl")
+    buildable = "source" in (ofi.get("downloads") or {})
+    if str(ofi.get("version")) != str(bundled) and not buildable:
+        errors.append(
+            f"aws_ofi_nccl: version {ofi.get('version')} is not the one EFA installer {efa.get('version')} "
+            f"bundles ({bundled}) and no source download is given to build it."
+        )
+    return errors
+
+
+def _rule_downloads(versions: dict, present: set) -> list[str]:
+    sources = versions.get("sources") or {}
+    errors = []
+    for component in sorted(present):
+        for name, entry in sorted(((_components(versions).get(component) or {}).get("downloads") or {}).items()):
+            label = f"{component}.downloads.{name}"
+            entry = entry or {}
+            if "url" in entry:
+                errors.append(
+                    f"{label}: give `source` and `path` instead of `url`, so that "
+                    "mlcluster_mirror_base can redirect the download to a site mirror."
+                )
+                continue
+            if entry.get("source") not in sources:
+                errors.append(
+                    f"{label}: source {entry.get('source')!r} is not one of the sources in versions.yml "
+                    f"({', '.join(sorted(sources))})."
+                )
+            path = str(entry.get("path") or "")
+            if not path or "://" in path:
+                errors.append(f"{label}: `path` must be a path below its source, not {path!r}.")
+            sha = entry.get("sha256")
+            if not sha:
+                errors.append(
+                    f"{label}: no sha256; fill it in versions.yml (sha256sum of {sources.get(entry.get('source'), '?')}/{path})."
+                )
+            elif not _SHA256.match(str(sha)):
+                errors.append(f"{label}: sha256 {sha!r} is not 64 lower-case hex digits.")
+    return errors
+
+
+def version_errors(versions: dict, flavor: str, mirror_base: str = "") -> list[str]:
+    """All broken compatibility rules of ``versions`` for an image ``flavor``."""
+    try:
+        present = set(flavor_components(versions, flavor))
+    except ValueError as exc:
+        return [str(exc)]
+    comps = _components(versions)
+    errors = [
+        f"{name}: the flavour {flavor} contains it but versions.yml has no components.{name} entry."
+        for name in sorted(present - VERSIONLESS)
+        if name not in comps
+    ]
+    if mirror_base and not re.match(r"^https?://[^/]+", mirror_base):
+        errors.append(f"mlcluster_mirror_base {mirror_base!r} must be an http:// or https:// URL.")
+    errors += _rule_fabricmanager(comps, present)
+    errors += _rule_cuda_driver(comps, present)
+    errors += _rule_nccl_cuda(comps, present)
+    errors += _rule_ofi_nccl(comps, present)
+    errors += _rule_downloads(versions, present)
+    return errors
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "version_errors": version_errors,
+            "download": download,
+            "source_url": source_url,
+            "flavor_components": flavor_components,
+        }

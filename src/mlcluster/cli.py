@@ -1,0 +1,205 @@
+"""The ``mlcluster`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import MlclusterError
+
+LOCAL_INVENTORY = "inventory/local"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_deploy(args) -> int:
+    from .display import ProgressDisplay, print_summary
+    from .runner import run_playbook
+
+    result = run_playbook(
+        "site.yml",
+        args.inventory,
+        limit=args.limit,
+        tags=args.tags,
+        check=args.check,
+        display=ProgressDisplay(),
+    )
+    print_summary(result)
+    if args.report:
+        result.write_report(Path(args.report))
+    return result.exit_code
+
+
+def cmd_local(args) -> int:
+    from . import local
+
+    if args.local_command == "up":
+        local.up(
+            name=args.name,
+            computes=args.computes,
+            login=args.login,
+            subnet=args.subnet,
+            base_image=args.base_image,
+            say=_say,
+        )
+    elif args.local_command == "down":
+        local.down(name=args.name, say=_say)
+    else:
+        rows = local.status(name=args.name)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"cluster {args.name}: not up")
+        else:
+            table = Table(title=f"local cluster {args.name}", title_justify="left")
+            for column in ("hostname", "group", "state", "ip", "systemd", "container"):
+                table.add_column(column)
+            for row in rows:
+                table.add_row(
+                    *(row[c] for c in ("hostname", "group", "state", "ip", "systemd", "container"))
+                )
+            Console().print(table)
+    return 0
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MlclusterError(f"--var takes KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+def cmd_bake(args) -> int:
+    variables = _parse_vars(args.var)
+    if args.target == "local":
+        from . import images
+
+        if args.flavor not in (None, "local") or args.os not in (None, "debian12"):
+            raise MlclusterError("--target local bakes the Debian 12 local node image only")
+        tag = images.ensure_node_image(base_image=args.base_image, force=args.force, say=_say)
+        print(tag)
+        return 0
+    from . import bakeami
+
+    if not args.flavor or not args.os:
+        raise MlclusterError("--target ami needs --flavor (gpu|neuron|cpu) and --os")
+    ami = bakeami.build_ami(args.flavor, args.os, variables)
+    print(ami)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from . import validate
+
+    return validate.run_validate(Path(args.inventory), Path(args.report) if args.report else None)
+
+
+def cmd_run(args) -> int:
+    from . import workload_run
+
+    return workload_run.run_case(
+        args.case,
+        Path(args.inventory),
+        nodes=args.nodes,
+        report=Path(args.report) if args.report else None,
+        extra_args=args.args,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlcluster",
+        description="Bake images, configure Slurm clusters and prove distributed training works.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlcluster {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    deploy = sub.add_parser("deploy", help="configure a cluster: run site.yml on an inventory")
+    deploy.add_argument(
+        "-i",
+        "--inventory",
+        default=LOCAL_INVENTORY,
+        help=f"inventory file or directory (default {LOCAL_INVENTORY})",
+    )
+    deploy.add_argument("--limit", help="only these hosts/groups (Ansible pattern)")
+    deploy.add_argument("--tags", help="only tasks with these tags (comma-separated)")
+    deploy.add_argument("--check", action="store_true", help="check mode: change nothing")
+    deploy.add_argument("--report", help="write a JSON report to this file")
+    deploy.set_defaults(func=cmd_deploy)
+
+    local = sub.add_parser("local", help="the local cluster (podman containers)")
+    local_sub = local.add_subparsers(dest="local_command", required=True, metavar="ACTION")
+    up = local_sub.add_parser("up", help="start (or grow) the local cluster")
+    up.add_argument("--computes", type=int, default=2, help="number of compute nodes (2)")
+    up.add_argument("--login", action="store_true", help="add a login node")
+    up.add_argument("--subnet", help="private network (default 10.213.0.0/24)")
+    up.add_argument(
+        "--base-image", help="podman image to bake from (default: debootstrapped Debian 12)"
+    )
+    for action in (
+        up,
+        local_sub.add_parser("down", help="remove everything `up` created"),
+        local_sub.add_parser("status", help="show the nodes"),
+    ):
+        action.add_argument("--name", default="mlc", help="cluster name (default mlc)")
+    local_sub.choices["status"].add_argument("--json", action="store_true")
+    local.set_defaults(func=cmd_local)
+
+    bake = sub.add_parser("bake", help="bake a node image with Packer")
+    bake.add_argument("--target", choices=["local", "ami"], default="local")
+    bake.add_argument("--flavor", choices=["gpu", "neuron", "cpu", "local"])
+    bake.add_argument("--os", choices=["ubuntu22.04", "ubuntu24.04", "al2023", "debian12"])
+    bake.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Packer variable (repeatable)",
+    )
+    bake.add_argument("--base-image", help="(local) podman image to bake from")
+    bake.add_argument("--force", action="store_true", help="(local) bake even if up to date")
+    bake.set_defaults(func=cmd_bake)
+
+    validate = sub.add_parser("validate", help="run the node checks against an inventory")
+    validate.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
+    validate.add_argument("--report", help="write a JSON report to this file")
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="run a distributed-training test case through Slurm")
+    run.add_argument("case", choices=["ddp", "fsdp", "jax", "allreduce"])
+    run.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
+    run.add_argument("--nodes", type=int, default=2)
+    run.add_argument("--report", help="write the metrics summary as JSON to this file")
+    run.add_argument(
+        "args", nargs=argparse.REMAINDER, help="arguments after -- are passed to the test case"
+    )
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MlclusterError as exc:
+        print(f"mlcluster: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mlcluster: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

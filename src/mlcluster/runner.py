@@ -1,0 +1,251 @@
+"""Drive playbooks through ansible-runner: events in, live progress out, a summary at the end.
+
+Results come from ansible-runner's events and final stats, never from parsing stdout. Every run
+gets its own artifact directory under ``.mlcluster/runs`` (rotated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MlclusterError
+from .paths import project_root, state_dir, venv_bin
+
+KEEP_RUNS = 20
+COUNTERS = ("ok", "changed", "failures", "unreachable", "skipped")
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_CANCELED = 0, 1, 3, 130
+
+
+@dataclass
+class RunState:
+    """What the event handler has seen so far; the display and the summary read it."""
+
+    play: str = ""
+    task: str = ""
+    started: float = field(default_factory=time.monotonic)
+    hosts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    )
+    errors: list[str] = field(default_factory=list)
+    stats: dict | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def handle(self, event: dict) -> bool:
+        """ansible-runner event handler; returning True keeps the event in the artifacts."""
+        kind = event.get("event", "")
+        data = event.get("event_data") or {}
+        host = data.get("host")
+        if kind == "playbook_on_play_start":
+            self.play = data.get("play", "")
+            self.task = ""
+        elif kind == "playbook_on_task_start":
+            self.task = data.get("task", "")
+        elif kind == "runner_on_ok" and host:
+            counters = self.hosts[host]
+            counters["ok"] += 1
+            if (data.get("res") or {}).get("changed"):
+                counters["changed"] += 1
+        elif kind == "runner_on_failed" and host:
+            if data.get("ignore_errors"):
+                self.hosts[host]["ok"] += 1
+            else:
+                self.hosts[host]["failures"] += 1
+                self.errors.append(f"{host}: {data.get('task', '')}: {_message(data)}")
+        elif kind == "runner_on_unreachable" and host:
+            self.hosts[host]["unreachable"] += 1
+            self.errors.append(f"{host}: unreachable: {_message(data)}")
+        elif kind == "runner_on_skipped" and host:
+            self.hosts[host]["skipped"] += 1
+        elif kind == "playbook_on_stats":
+            self.stats = {
+                k: data.get(k) or {}
+                for k in ("ok", "changed", "failures", "dark", "skipped", "processed")
+            }
+        return True
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per-host totals: Ansible's final stats when the play recap was reached."""
+        if self.stats is None:
+            return {h: dict(c) for h, c in sorted(self.hosts.items())}
+        names = set(self.stats["processed"]) | set(self.hosts)
+        return {
+            host: {
+                "ok": self.stats["ok"].get(host, 0),
+                "changed": self.stats["changed"].get(host, 0),
+                "failures": self.stats["failures"].get(host, 0),
+                "unreachable": self.stats["dark"].get(host, 0),
+                "skipped": self.stats["skipped"].get(host, 0),
+            }
+            for host in sorted(names)
+        }
+
+
+def _message(data: dict) -> str:
+    res = data.get("res") or {}
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if isinstance(msg, list):
+        msg = "; ".join(map(str, msg))
+    return " ".join(str(msg).split())[:400]
+
+
+@dataclass
+class RunResult:
+    rc: int
+    status: str
+    hosts: dict[str, dict[str, int]]
+    errors: list[str]
+    elapsed_s: float
+    artifact_dir: str
+    playbook: str
+    inventory: str
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "canceled":
+            return EXIT_CANCELED
+        if any(h["failures"] for h in self.hosts.values()):
+            return EXIT_FAILED
+        if any(h["unreachable"] for h in self.hosts.values()):
+            return EXIT_UNREACHABLE
+        if self.rc != 0 or self.status != "successful":
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def report(self) -> dict:
+        return {
+            "rc": self.rc,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "playbook": self.playbook,
+            "inventory": self.inventory,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "artifact_dir": self.artifact_dir,
+            "hosts": self.hosts,
+            "errors": self.errors,
+        }
+
+    def write_report(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.report(), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def check_inventory(inventory: str | Path) -> Path:
+    path = Path(inventory).expanduser()
+    if not path.exists():
+        hint = ""
+        if path.resolve() == (project_root() / "inventory" / "local").resolve():
+            hint = " (start the local cluster first: `mlcluster local up`)"
+        raise MlclusterError(f"inventory {inventory} does not exist{hint}")
+    if path.is_dir():
+        if not any(
+            p.suffix in {".yml", ".yaml", ".ini", ""} and p.is_file() for p in path.iterdir()
+        ):
+            hint = ""
+            if (path / "group_vars").is_dir() and path.name == "local":
+                hint = ": the local cluster is not up (`mlcluster local up` writes hosts.yml)"
+            raise MlclusterError(f"inventory {inventory} holds no inventory file{hint}")
+    elif not os.access(path, os.R_OK):
+        raise MlclusterError(f"inventory {inventory} is not readable")
+    return path.resolve()
+
+
+def run_playbook(
+    playbook: str,
+    inventory: str | Path,
+    *,
+    limit: str | None = None,
+    tags: str | None = None,
+    check: bool = False,
+    extravars: dict | None = None,
+    display=None,
+    extra_env: dict | None = None,
+) -> RunResult:
+    """Run a playbook of the project through ansible-runner and return its result."""
+    import ansible_runner
+
+    root = project_root()
+    inv = check_inventory(inventory)
+    playbook_path = (root / playbook).resolve()  # an absolute playbook stays as it is
+    if not playbook_path.is_file():
+        raise MlclusterError(f"playbook {playbook} not found in {root}")
+    ident = time.strftime("%Y%m%d-%H%M%S-") + playbook_path.stem + f"-{uuid.uuid4().hex[:6]}"
+    # A private data dir per run: ansible-runner keeps env/ files there (cmdline, extravars)
+    # that would otherwise leak into the next run.
+    private = state_dir() / "runs" / ident
+    private.mkdir(parents=True, exist_ok=True)
+    _rotate_runs(private.parent)
+    env = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "PATH": f"{venv_bin()}:{os.environ.get('PATH', '')}",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    env.update(extra_env or {})
+    cmdline = ["--check", "--diff"] if check else []
+
+    state = RunState()
+    canceled = {"flag": False}
+
+    def on_sigint(_signum, _frame):
+        canceled["flag"] = True
+
+    def handler(event):
+        state.handle(event)
+        if display is not None:
+            display.update(state)
+        return True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        if display is not None:
+            display.start(state)
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(root),
+            playbook=str(playbook_path),
+            inventory=str(inv),
+            ident=ident,
+            limit=limit,
+            tags=tags,
+            cmdline=" ".join(cmdline) or None,
+            extravars=extravars or {},
+            envvars=env,
+            event_handler=handler,
+            cancel_callback=lambda: canceled["flag"],
+            quiet=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if display is not None:
+            display.stop(state)
+    status = "canceled" if canceled["flag"] else runner.status
+    return RunResult(
+        rc=runner.rc if runner.rc is not None else -1,
+        status=status,
+        hosts=state.summary(),
+        errors=state.errors,
+        elapsed_s=state.elapsed,
+        artifact_dir=str(Path(runner.config.artifact_dir)),
+        playbook=playbook,
+        inventory=str(inv),
+    )
+
+
+def _rotate_runs(runs_dir: Path) -> None:
+    """Keep the newest KEEP_RUNS run directories."""
+    import shutil
+
+    runs = sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in runs[:-KEEP_RUNS]:
+        shutil.rmtree(old, ignore_errors=True)

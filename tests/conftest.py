@@ -1,0 +1,14 @@
+"""Shared test set-up."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory):
+    """Keep the tests' run directories and clusters' keys out of the developer's .mlcluster."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLCLUSTER_STATE", str(tmp_path_factory.mktemp("mlcluster-state")))
+    yield
+    mp.undo()

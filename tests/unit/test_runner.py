@@ -1,0 +1,206 @@
+"""The runner layer: events, summary, report, exit codes and bad input, on real ansible runs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from mlcluster import cli
+from mlcluster.errors import MlclusterError
+from mlcluster.runner import (
+    EXIT_CANCELED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    RunState,
+    check_inventory,
+    run_playbook,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+LOCAL_HOSTS = FIXTURES / "local-hosts.yml"
+
+
+def playbook(name: str) -> str:
+    return str(FIXTURES / "playbooks" / name)
+
+
+def test_event_handler_counts_per_host():
+    state = RunState()
+    events = [
+        {"event": "playbook_on_play_start", "event_data": {"play": "P"}},
+        {"event": "playbook_on_task_start", "event_data": {"task": "T1"}},
+        {"event": "runner_on_ok", "event_data": {"host": "a", "res": {"changed": True}}},
+        {"event": "runner_on_ok", "event_data": {"host": "b", "res": {"changed": False}}},
+        {
+            "event": "runner_on_failed",
+            "event_data": {"host": "b", "task": "T1", "res": {"msg": "boom\n  twice"}},
+        },
+        {
+            "event": "runner_on_failed",
+            "event_data": {"host": "a", "ignore_errors": True, "res": {"msg": "ignored"}},
+        },
+        {"event": "runner_on_skipped", "event_data": {"host": "a"}},
+        {"event": "runner_on_unreachable", "event_data": {"host": "c", "res": {"msg": "no"}}},
+    ]
+    for event in events:
+        assert state.handle(event) is True
+    assert state.play == "P" and state.task == "T1"
+    assert state.summary() == {
+        "a": {"ok": 2, "changed": 1, "failures": 0, "unreachable": 0, "skipped": 1},
+        "b": {"ok": 1, "changed": 0, "failures": 1, "unreachable": 0, "skipped": 0},
+        "c": {"ok": 0, "changed": 0, "failures": 0, "unreachable": 1, "skipped": 0},
+    }
+    assert state.errors == ["b: T1: boom twice", "c: unreachable: no"]
+
+
+def test_summary_prefers_final_stats():
+    state = RunState()
+    state.handle({"event": "runner_on_ok", "event_data": {"host": "a", "res": {}}})
+    state.handle(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {
+                "ok": {"a": 5},
+                "changed": {"a": 2},
+                "failures": {},
+                "dark": {},
+                "skipped": {"a": 1},
+                "processed": {"a": 1},
+            },
+        }
+    )
+    assert state.summary() == {
+        "a": {"ok": 5, "changed": 2, "failures": 0, "unreachable": 0, "skipped": 1}
+    }
+
+
+def test_successful_run_report(tmp_path):
+    result = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
+    assert result.status == "successful"
+    assert result.exit_code == EXIT_OK
+    expected = {"ok": 2, "changed": 1, "failures": 0, "unreachable": 0, "skipped": 1}
+    assert result.hosts == {"alpha": expected, "beta": expected}
+    report_file = tmp_path / "r.json"
+    result.write_report(report_file)
+    report = json.loads(report_file.read_text())
+    assert report["rc"] == 0 and report["status"] == "successful"
+    assert report["hosts"]["alpha"] == expected
+    assert Path(report["artifact_dir"]).is_dir()
+
+
+def test_failed_host_gives_nonzero_exit():
+    result = run_playbook(playbook("fail.yml"), LOCAL_HOSTS)
+    assert result.exit_code == EXIT_FAILED
+    assert result.hosts["beta"]["failures"] == 1
+    assert result.hosts["alpha"] == {
+        "ok": 1,
+        "changed": 0,
+        "failures": 0,
+        "unreachable": 0,
+        "skipped": 1,
+    }
+    assert result.errors == ["beta: Fail on the second host: deliberate failure on beta"]
+
+
+def test_unreachable_host_gives_its_own_exit():
+    result = run_playbook(playbook("ok.yml"), FIXTURES / "unreachable-hosts.yml")
+    assert result.exit_code == EXIT_UNREACHABLE
+    assert result.hosts["ghost"]["unreachable"] == 1
+    assert result.errors and result.errors[0].startswith("ghost: unreachable:")
+
+
+def test_check_mode_changes_nothing(tmp_path):
+    result = run_playbook(playbook("ok.yml"), LOCAL_HOSTS, check=True)
+    assert result.exit_code == EXIT_OK
+    # command is skipped in check mode: nothing may change.
+    assert all(h["changed"] == 0 for h in result.hosts.values())
+
+
+def test_interrupt_cancels_cleanly():
+    timer = threading.Timer(3.0, lambda: signal.raise_signal(signal.SIGINT))
+    timer.start()
+    try:
+        result = run_playbook(playbook("slow.yml"), LOCAL_HOSTS)
+    finally:
+        timer.cancel()
+    assert result.status == "canceled"
+    assert result.exit_code == EXIT_CANCELED
+    assert result.elapsed_s < 30
+
+
+def test_runs_are_kept_in_their_own_artifact_dirs():
+    first = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
+    second = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
+    assert first.artifact_dir != second.artifact_dir
+    assert (Path(second.artifact_dir) / "job_events").is_dir()
+
+
+@pytest.mark.parametrize("name", ["missing.yml", "missing-dir"])
+def test_missing_inventory_is_a_clear_error(tmp_path, name):
+    with pytest.raises(MlclusterError, match="does not exist"):
+        check_inventory(tmp_path / name)
+
+
+def test_empty_inventory_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(MlclusterError, match="holds no inventory file"):
+        check_inventory(tmp_path)
+
+
+def test_unreadable_inventory_is_a_clear_error(tmp_path, monkeypatch):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all: {}\n")
+    monkeypatch.setattr("os.access", lambda *_: False)
+    with pytest.raises(MlclusterError, match="not readable"):
+        check_inventory(inv)
+
+
+def test_cli_deploy_with_missing_inventory(capsys, tmp_path):
+    code = cli.main(["deploy", "-i", str(tmp_path / "nope")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlcluster: error: inventory ") and "does not exist" in err
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["deploy", "--frob"], ["local", "sideways"]])
+def test_cli_unknown_command_or_flag(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_cli_bake_rejects_bad_var(capsys):
+    assert (
+        cli.main(
+            ["bake", "--target", "ami", "--flavor", "gpu", "--os", "al2023", "--var", "novalue"]
+        )
+        == 2
+    )
+    assert "--var takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cli_local_without_podman(monkeypatch, capsys):
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    assert cli.main(["local", "up", "--name", "unit"]) == 2
+    assert "podman is not installed" in capsys.readouterr().err
+
+
+def test_check_mode_does_not_leak_into_the_next_run():
+    run_playbook(playbook("ok.yml"), LOCAL_HOSTS, check=True)
+    result = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
+    assert result.hosts["alpha"]["changed"] == 1
+
+
+def test_old_runs_are_rotated(monkeypatch):
+    monkeypatch.setattr("mlcluster.runner.KEEP_RUNS", 2)
+    dirs = [
+        Path(run_playbook(playbook("ok.yml"), LOCAL_HOSTS).artifact_dir).parents[1]
+        for _ in range(3)
+    ]
+    assert not dirs[0].exists()
+    assert dirs[1].exists() and dirs[2].exists()

@@ -1,0 +1,121 @@
+"""DistributedDataParallel: an MLP learns a fixed random teacher network from noisy samples.
+
+    torchrun --nproc_per_node=2 -m mlcluster_workloads.ddp --steps 50
+    python -m mlcluster_workloads.ddp --steps 50          # one process, same code path
+
+Every rank reads its own disjoint block of each global batch (see data.py); DDP averages the
+gradients, so a step equals one single-process step on the whole global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mlcluster_workloads import dist, metrics
+from mlcluster_workloads.data import ShardedSampler, TeacherRegression
+
+
+def build_model(in_features: int, hidden: int, depth: int, *, seed: int) -> nn.Sequential:
+    """``depth`` hidden Linear+GELU layers and a scalar head, initialised from ``seed``."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        return nn.Sequential(*layers)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def weight_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """One optimizer step on this rank's batch; returns the local (detached) loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.mse_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mlcluster_workloads.ddp", description=__doc__)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per rank per step")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers")
+    parser.add_argument("--in-features", type=int, default=32)
+    parser.add_argument("--num-samples", type=int, default=8192)
+    parser.add_argument("--seed", type=int, default=0)
+    dist.add_arguments(parser)
+    metrics.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    ctx = dist.init(args.backend, args.device)
+    try:
+        x, y = map(
+            torch.from_numpy,
+            TeacherRegression(
+                num_samples=args.num_samples, in_features=args.in_features, seed=args.seed
+            ).arrays(),
+        )
+        sampler = ShardedSampler(
+            args.num_samples,
+            args.batch_size,
+            ctx.rank,
+            ctx.world_size,
+            seed=args.seed,
+            shuffle=True,
+        )
+        model = build_model(args.in_features, args.hidden, args.depth, seed=args.seed)
+        model = DistributedDataParallel(
+            model.to(ctx.device),
+            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+        )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+        reporter = metrics.Reporter(
+            case="ddp",
+            world_size=ctx.world_size,
+            device=dist.reporter_device(ctx.device),
+            samples_per_step=sampler.global_batch,
+            flops_per_sample=metrics.mlp_flops_per_sample(weight_shapes(model.module)),
+            warmup_steps=args.warmup_steps,
+            peak_tflops=args.peak_tflops,
+            enabled=ctx.is_main,
+            extra={"backend": ctx.backend, "global_batch": sampler.global_batch},
+        )
+        for step in range(1, args.steps + 1):
+            index = torch.from_numpy(sampler.indices(step - 1))
+            inputs, targets = x[index].to(ctx.device), y[index].to(ctx.device)
+            dist.synchronize(ctx.device)
+            started = time.perf_counter()
+            loss = train_step(model, optimizer, inputs, targets)
+            dist.synchronize(ctx.device)
+            elapsed = time.perf_counter() - started
+            reporter.step(step, dist.mean_across_ranks(loss), elapsed)
+        reporter.summary()
+    finally:
+        dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""FSDP2 (``fully_shard``) training of a Llama-style decoder.
+
+    torchrun --nproc_per_node=8 -m mlcluster_workloads.fsdp --config 8b --seq-len 4096 \\
+        --batch-size 2 --steps 100 --checkpoint-dir /fsx/ckpt/run1 --checkpoint-every 50
+
+The model is built on the meta device, each block and then the root are sharded over all ranks,
+and only then are parameters materialised and initialised. On CUDA, parameters compute in bf16
+and gradients reduce in fp32 (MixedPrecisionPolicy); on CPU everything is fp32. Each rank reads
+its own block of every global batch, from a synthetic token stream or a token file (data.py).
+With ``--checkpoint-dir`` the run resumes from the newest complete checkpoint there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from mlcluster_workloads import dist, metrics
+from mlcluster_workloads.checkpoint import Checkpointer
+from mlcluster_workloads.data import TOKEN_DTYPES, ShardedSampler, SyntheticTokens, TokenFile
+from mlcluster_workloads.llama import CONFIGS, LlamaConfig, Transformer
+
+TRAIN_KEYS = ["step", "samples_consumed"]
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[requested]
+
+
+def build_model(
+    config: LlamaConfig,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    activation_checkpointing: bool = False,
+    compile_blocks: bool = False,
+    reshard_after_forward: bool = True,
+) -> Transformer:
+    """Meta-device construction, per-block then root sharding, materialisation, initialisation."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.layers:
+        block.activation_checkpointing = activation_checkpointing
+        if compile_blocks:
+            block.compile_body()
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    # The root keeps embedding, final norm and head; they are needed again right at backward's
+    # start, so they stay gathered after forward.
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    model.to_empty(device=mesh.device_type)
+    model.init_weights(seed)
+    return model
+
+
+def loss_and_backward(
+    model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+    loss.backward()
+    return loss.detach()
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    grad_clip: float,
+) -> torch.Tensor:
+    loss = loss_and_backward(model, inputs, targets)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def learning_rate(step: int, *, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak``, then constant; a function of the step alone, so resuming
+    needs no scheduler state."""
+    if warmup_steps <= 0:
+        return peak
+    return peak * min(1.0, step / warmup_steps)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlcluster_workloads.fsdp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sample")
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per rank per step")
+    parser.add_argument("--steps", type=int, default=20, help="last step to run (1-based)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr-warmup-steps", type=int, default=0)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0: off")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
+    parser.add_argument(
+        "--no-reshard-after-forward",
+        action="store_true",
+        help="keep blocks gathered between forward and backward (ZeRO-2-like, more memory)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-file", help="flat little-endian token-id file; default synthetic")
+    parser.add_argument("--data-dtype", choices=sorted(TOKEN_DTYPES), default="uint16")
+    parser.add_argument("--shuffle", action="store_true", help="permute windows every epoch")
+    parser.add_argument("--checkpoint-dir", help="save here and resume from the newest complete")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0: never save")
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="0: keep all")
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument(
+        "--stop-after-step",
+        type=int,
+        default=0,
+        help="exit after this step as if preempted (tests resumption)",
+    )
+    dist.add_arguments(parser)
+    metrics.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.checkpoint_every and not args.checkpoint_dir:
+        parser.error("--checkpoint-every needs --checkpoint-dir")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    ctx = dist.init(args.backend, args.device)
+    try:
+        run(args, ctx)
+    finally:
+        dist.shutdown()
+
+
+def run(args: argparse.Namespace, ctx: dist.DistContext) -> None:
+    config = dataclasses.replace(CONFIGS[args.config], max_seq_len=args.seq_len)
+    param_dtype = resolve_dtype(args.dtype, ctx.device)
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,), mesh_dim_names=("dp",))
+    model = build_model(
+        config,
+        mesh,
+        param_dtype=param_dtype,
+        seed=args.seed,
+        activation_checkpointing=args.activation_checkpointing,
+        compile_blocks=args.compile,
+        reshard_after_forward=not args.no_reshard_after_forward,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
+    )
+    if args.data_file:
+        source = TokenFile(args.data_file, args.seq_len, dtype=args.data_dtype)
+    else:
+        source = SyntheticTokens(config.vocab_size, args.seq_len, seed=args.seed)
+    sampler = ShardedSampler(
+        source.num_windows,
+        args.batch_size,
+        ctx.rank,
+        ctx.world_size,
+        seed=args.seed,
+        shuffle=args.shuffle,
+    )
+
+    checkpointer = (
+        Checkpointer(args.checkpoint_dir, keep=args.keep_checkpoints)
+        if (args.checkpoint_dir)
+        else None
+    )
+    start_step = 0
+    if checkpointer is not None and not args.no_resume:
+        latest = checkpointer.latest()
+        if latest is not None:
+            train = checkpointer.load(latest, model, optimizer, TRAIN_KEYS)
+            if train["samples_consumed"] != train["step"] * sampler.global_batch:
+                raise SystemExit(
+                    f"checkpoint step {latest} consumed {train['samples_consumed']} samples, "
+                    f"but {train['step']} steps of the global batch {sampler.global_batch} "
+                    "would be a different data position: resume with the same global batch"
+                )
+            start_step = train["step"]
+
+    flops_per_token = metrics.transformer_flops_per_token(
+        matmul_params=config.matmul_params(),
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        head_dim=config.head_dim,
+        seq_len=args.seq_len,
+    )
+    reporter = metrics.Reporter(
+        case="fsdp",
+        world_size=ctx.world_size,
+        device=ctx.device,
+        samples_per_step=sampler.global_batch,
+        flops_per_sample=flops_per_token * args.seq_len,
+        tokens_per_sample=args.seq_len,
+        warmup_steps=args.warmup_steps,
+        peak_tflops=args.peak_tflops,
+        enabled=ctx.is_main,
+        extra={
+            "config": args.config,
+            "params": config.total_params(),
+            "matmul_params": config.matmul_params(),
+            "flops_per_token": flops_per_token,
+            "seq_len": args.seq_len,
+            "global_batch": sampler.global_batch,
+            "param_dtype": str(param_dtype).removeprefix("torch."),
+            "activation_checkpointing": args.activation_checkpointing,
+            "compile": args.compile,
+            "backend": ctx.backend,
+            "resumed_from_step": start_step or None,
+        },
+    )
+    if start_step:
+        reporter.emit({"event": "resume", "case": "fsdp", "step": start_step})
+
+    stopped_early = False
+    for step in range(start_step + 1, args.steps + 1):
+        tokens = source.batch(sampler.indices(step - 1))
+        if tokens.max() >= config.vocab_size:
+            raise SystemExit(
+                f"token id {tokens.max()} in the data is outside the {args.config} vocabulary "
+                f"of {config.vocab_size}"
+            )
+        tokens = torch.from_numpy(tokens).to(ctx.device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, peak=args.lr, warmup_steps=args.lr_warmup_steps)
+        dist.synchronize(ctx.device)
+        started = time.perf_counter()
+        loss = train_step(model, optimizer, tokens[:, :-1], tokens[:, 1:], grad_clip=args.grad_clip)
+        dist.synchronize(ctx.device)
+        elapsed = time.perf_counter() - started
+        reporter.step(step, dist.mean_across_ranks(loss), elapsed)
+
+        if checkpointer is not None and args.checkpoint_every and step % args.checkpoint_every == 0:
+            started = time.perf_counter()
+            path = checkpointer.save(
+                step,
+                model,
+                optimizer,
+                {"step": step, "samples_consumed": step * sampler.global_batch},
+            )
+            reporter.emit(
+                {
+                    "event": "checkpoint",
+                    "case": "fsdp",
+                    "step": step,
+                    "path": str(path),
+                    "save_s": time.perf_counter() - started,
+                }
+            )
+        if step == args.stop_after_step:
+            stopped_early = True
+            print(f"stopping after step {step} as asked", file=sys.stderr)
+            break
+    reporter.summary(stopped_early=stopped_early)
+
+
+if __name__ == "__main__":
+    main()

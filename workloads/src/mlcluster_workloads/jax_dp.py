@@ -1,0 +1,233 @@
+"""Data-parallel JAX training across processes: an MLP learns the ddp case's teacher network.
+
+    srun --ntasks-per-node=1 python -m mlcluster_workloads.jax_dp --coordinator head:12355
+    python -m mlcluster_workloads.jax_dp                          # one process
+
+One process per node drives all of that node's devices. Process id and count come from flags,
+else SLURM_PROCID/SLURM_NTASKS, else RANK/WORLD_SIZE; the coordinator from ``--coordinator``,
+else JAX_COORDINATOR_ADDRESS, else MASTER_ADDR:MASTER_PORT. Parameters are replicated, each
+process feeds its own block of the global batch, and gradients are averaged with
+``jax.lax.pmean`` over every device of every process inside ``shard_map``. On CPU the
+cross-process collectives go through gloo (``jax_cpu_collectives_implementation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mlcluster_workloads import metrics
+from mlcluster_workloads.data import ShardedSampler, TeacherRegression
+
+try:
+    from jax import shard_map
+except ImportError:  # jax < 0.7 has it only under experimental
+    from jax.experimental.shard_map import shard_map
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def default_coordinator() -> str | None:
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return os.environ["JAX_COORDINATOR_ADDRESS"]
+    if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+        return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    return None
+
+
+def init_params(sizes: list[int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([seed, 0x4A4158])
+    params = {}
+    for layer, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        params[f"w{layer}"] = (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(
+            np.float32
+        )
+        params[f"b{layer}"] = np.zeros((fan_out,), np.float32)
+    return params
+
+
+def forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    layers = len(params) // 2
+    for layer in range(layers):
+        x = x @ params[f"w{layer}"] + params[f"b{layer}"]
+        if layer < layers - 1:
+            x = jax.nn.gelu(x)
+    return x
+
+
+def make_train_step(mesh: Mesh, lr: float, betas=(0.9, 0.999), eps=1e-8):
+    """A jitted step over the mesh: local gradients, pmean across all devices, Adam update."""
+
+    def local_loss(params, x, y):
+        return jnp.mean((forward(params, x) - y) ** 2)
+
+    def step(params, moments, count, x, y):
+        loss, grads = jax.value_and_grad(local_loss)(params, x, y)
+        grads = jax.lax.pmean(grads, "dp")
+        loss = jax.lax.pmean(loss, "dp")
+        count = count + 1
+        first = jax.tree.map(lambda m, g: betas[0] * m + (1 - betas[0]) * g, moments[0], grads)
+        second = jax.tree.map(lambda v, g: betas[1] * v + (1 - betas[1]) * g * g, moments[1], grads)
+        correction1 = 1 - betas[0] ** count
+        correction2 = 1 - betas[1] ** count
+        params = jax.tree.map(
+            lambda p, m, v: p - lr * (m / correction1) / (jnp.sqrt(v / correction2) + eps),
+            params,
+            first,
+            second,
+        )
+        return params, (first, second), count, loss
+
+    replicated, split = P(), P("dp")
+    return jax.jit(
+        shard_map(
+            step,
+            mesh=mesh,
+            in_specs=(replicated, replicated, replicated, split, split),
+            out_specs=(replicated, replicated, replicated, replicated),
+        ),
+        donate_argnums=(0, 1),
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlcluster_workloads.jax_dp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--coordinator", default=default_coordinator(), help="host:port")
+    parser.add_argument(
+        "--process-id", type=int, default=_env_int("SLURM_PROCID", "RANK", default=0)
+    )
+    parser.add_argument(
+        "--num-processes", type=int, default=_env_int("SLURM_NTASKS", "WORLD_SIZE", default=1)
+    )
+    parser.add_argument(
+        "--cpu-collectives",
+        choices=("gloo", "mpi"),
+        default="gloo",
+        help="cross-process collectives of the CPU backend",
+    )
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per process per step")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers")
+    parser.add_argument("--in-features", type=int, default=32)
+    parser.add_argument("--num-samples", type=int, default=8192)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dump-params", help="directory; each process writes params-<id>.npz")
+    metrics.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.num_processes > 1 and not args.coordinator:
+        parser.error("several processes need --coordinator (or JAX_COORDINATOR_ADDRESS)")
+    return args
+
+
+def reporter_device() -> metrics.Device:
+    device = jax.local_devices()[0]
+    if device.platform == "cpu":
+        return metrics.Device("cpu", accelerator=False)
+
+    def peak_memory() -> int:
+        return (device.memory_stats() or {}).get("peak_bytes_in_use", 0)
+
+    return metrics.Device(device.device_kind, accelerator=True, peak_memory=peak_memory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
+    if args.num_processes > 1:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    try:
+        train(args)
+    finally:
+        if args.num_processes > 1:
+            jax.distributed.shutdown()
+
+
+def train(args: argparse.Namespace) -> None:
+    process, processes = jax.process_index(), jax.process_count()
+    local_devices = jax.local_device_count()
+    if args.batch_size % local_devices:
+        raise SystemExit(f"--batch-size must divide over {local_devices} local devices")
+    mesh = Mesh(np.array(jax.devices()), ("dp",))
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("dp"))
+
+    def global_replicated(value: np.ndarray) -> jax.Array:
+        return jax.make_array_from_callback(value.shape, replicated, lambda index: value[index])
+
+    x, y = TeacherRegression(
+        num_samples=args.num_samples, in_features=args.in_features, seed=args.seed
+    ).arrays()
+    sampler = ShardedSampler(
+        args.num_samples, args.batch_size, process, processes, seed=args.seed, shuffle=True
+    )
+    sizes = [args.in_features] + [args.hidden] * args.depth + [1]
+    host_params = init_params(sizes, args.seed)
+    params = jax.tree.map(global_replicated, host_params)
+    zeros = {name: np.zeros_like(value) for name, value in host_params.items()}
+    moments = (jax.tree.map(global_replicated, zeros), jax.tree.map(global_replicated, zeros))
+    count = global_replicated(np.zeros((), np.int32))
+    train_step = make_train_step(mesh, args.lr)
+
+    reporter = metrics.Reporter(
+        case="jax_dp",
+        world_size=jax.device_count(),
+        device=reporter_device(),
+        samples_per_step=sampler.global_batch,
+        flops_per_sample=metrics.mlp_flops_per_sample(list(itertools.pairwise(sizes))),
+        warmup_steps=args.warmup_steps,
+        peak_tflops=args.peak_tflops,
+        enabled=process == 0,
+        extra={
+            "process_count": processes,
+            "local_device_count": local_devices,
+            "platform": jax.local_devices()[0].platform,
+            "jax_version": jax.__version__,
+            "global_batch": sampler.global_batch,
+        },
+    )
+    for step in range(1, args.steps + 1):
+        index = sampler.indices(step - 1)
+        batch_x = jax.make_array_from_process_local_data(split, x[index])
+        batch_y = jax.make_array_from_process_local_data(split, y[index])
+        started = time.perf_counter()
+        params, moments, count, loss = train_step(params, moments, count, batch_x, batch_y)
+        loss_value = float(loss.addressable_data(0))  # waits for the step
+        reporter.step(step, loss_value, time.perf_counter() - started)
+    reporter.summary()
+    if args.dump_params:
+        out = Path(args.dump_params)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            out / f"params-{process}.npz",
+            **{name: np.asarray(value.addressable_data(0)) for name, value in params.items()},
+        )
+        print(f"process {process} wrote {out}/params-{process}.npz", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
