@@ -92,10 +92,14 @@ class RunState:
 
 def _message(data: dict) -> str:
     res = data.get("res") or {}
+    failed_items = [r for r in res.get("results") or [] if isinstance(r, dict) and r.get("failed")]
+    if failed_items:
+        # A loop's own message is only "One or more items failed": report the items'.
+        return "; ".join(_message({"res": item}) for item in failed_items)
     msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
     if isinstance(msg, list):
         msg = "; ".join(map(str, msg))
-    return " ".join(str(msg).split())[:400]
+    return " ".join(str(msg).split())[:600]
 
 
 @dataclass

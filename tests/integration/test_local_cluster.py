@@ -1,0 +1,103 @@
+"""The walking skeleton end to end: local up, deploy twice, check the nodes, local down."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import Cluster, mlcluster, podman_names
+
+pytestmark = pytest.mark.integration
+NAME = "skel"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    state = Path(os.environ["MLCLUSTER_STATE"])
+    mlcluster("local", "up", "--name", NAME)
+    yield Cluster(NAME, state)
+    mlcluster("local", "down", "--name", NAME, check=False)
+
+
+@pytest.fixture(scope="module")
+def deploys(cluster, tmp_path_factory):
+    reports = []
+    for i in (1, 2):
+        path = tmp_path_factory.mktemp("deploy") / f"r{i}.json"
+        mlcluster("deploy", "-i", str(cluster.inventory), "--report", str(path))
+        reports.append(json.loads(path.read_text()))
+    return reports
+
+
+def test_status_lists_every_node_running(cluster):
+    rows = {r["hostname"]: r for r in cluster.status()}
+    assert sorted(rows) == ["compute1", "compute2", "controller"]
+    assert {r["group"] for r in rows.values()} == {"slurm_controller", "slurm_compute"}
+    assert all(r["state"] == "running" and r["systemd"] == "running" for r in rows.values())
+
+
+def test_inventory_has_the_real_groups(cluster):
+    import yaml
+
+    inv = yaml.safe_load((cluster.inventory / "hosts.yml").read_text())
+    groups = inv["all"]["children"]["slurm"]["children"]
+    assert sorted(groups["slurm_compute"]["hosts"]) == ["compute1", "compute2"]
+    assert list(groups["slurm_controller"]["hosts"]) == ["controller"]
+
+
+def test_first_deploy_succeeds(deploys):
+    first = deploys[0]
+    assert first["rc"] == 0 and first["status"] == "successful"
+    assert sorted(first["hosts"]) == ["compute1", "compute2", "controller"]
+    assert all(h["failures"] == 0 and h["unreachable"] == 0 for h in first["hosts"].values())
+
+
+def test_second_deploy_changes_nothing(deploys):
+    second = deploys[1]
+    assert second["status"] == "successful"
+    assert {h: c["changed"] for h, c in second["hosts"].items()} == {
+        "compute1": 0,
+        "compute2": 0,
+        "controller": 0,
+    }
+
+
+def test_nodes_have_their_hostname_ip_and_names(cluster, deploys):
+    for row in cluster.status():
+        host = row["hostname"]
+        assert cluster.ssh(host, "hostname").stdout.strip() == host
+        assert row["ip"] in cluster.ssh(host, "ip -4 -o addr show eth0").stdout
+        # Every node resolves every other node by name (common role's /etc/hosts block).
+        resolved = cluster.ssh(host, "getent hosts controller compute1 compute2").stdout
+        ips = {r["hostname"]: r["ip"] for r in cluster.status()}
+        assert {tuple(line.split()) for line in resolved.splitlines()} == {
+            (ips[name], name) for name in ("controller", "compute1", "compute2")
+        }
+
+
+def test_fsx_is_shared(cluster, deploys):
+    token = os.urandom(8).hex()
+    cluster.ssh("compute1", f"echo {token} > /fsx/skeleton-check")
+    assert cluster.ssh("compute2", "cat /fsx/skeleton-check").stdout.strip() == token
+    assert cluster.ssh("controller", "cat /fsx/skeleton-check").stdout.strip() == token
+
+
+def test_common_role_applied(cluster, deploys):
+    limits = cluster.ssh("compute1", "cat /etc/security/limits.d/90-mlcluster.conf").stdout
+    assert "soft memlock" in limits and "soft nofile" in limits
+    assert cluster.ssh("compute1", "id -u mluser").stdout.strip() == "2001"
+    assert cluster.ssh("compute2", "id -u slurm").stdout.strip() == "402"
+    assert cluster.ssh("compute1", "sysctl -n net.core.somaxconn").stdout.strip() == "4096"
+
+
+def test_down_removes_everything(cluster, deploys):
+    label = f"io.mlcluster.cluster={NAME}"
+    mlcluster("local", "down", "--name", NAME)
+    assert podman_names("container", label) == []
+    assert podman_names("network", label) == []
+    assert podman_names("volume", label) == []
+    assert not (cluster.state_dir / "clusters" / NAME).exists()
+    assert "not up" in mlcluster("local", "status", "--name", NAME).stdout

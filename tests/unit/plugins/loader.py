@@ -1,0 +1,18 @@
+"""Import the collection's plugins as plain modules for unit tests."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mlcluster.paths import project_root
+
+PLUGINS = project_root() / "collections" / "ansible_collections" / "mlcluster" / "core" / "plugins"
+
+
+def load_plugin(kind: str, name: str):
+    path = Path(PLUGINS / kind / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"mlcluster_test_{kind}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,26 @@
+"""Every role's README documents its variables from its argument_specs."""
+
+from mlcluster import roledocs
+
+
+def test_role_readmes_are_generated_from_argument_specs(capsys):
+    assert roledocs.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_role_defaults_match_argument_spec_defaults():
+    """defaults/main.yml and the spec's defaults must not drift apart."""
+    import yaml
+
+    from mlcluster.paths import project_root
+
+    mismatches = []
+    for spec_file in sorted((project_root() / "roles").glob("*/meta/argument_specs.yml")):
+        role = spec_file.parents[1]
+        defaults_file = role / "defaults" / "main.yml"
+        defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
+        spec = yaml.safe_load(spec_file.read_text())["argument_specs"]
+        for entry in spec.values():
+            for name, option in (entry.get("options") or {}).items():
+                if "default" in option and defaults.get(name) != option["default"]:
+                    mismatches.append(f"{role.name}: {name}")
+    assert sorted(set(mismatches)) == []
