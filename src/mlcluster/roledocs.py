@@ -1,4 +1,5 @@
-"""Generate each role's README variable table from its meta/argument_specs.yml.
+"""Generate each role's README variable table, and its commented variables in
+inventory/sample/group_vars/all/<role>.yml, from its meta/argument_specs.yml.
 
 `python -m mlcluster.roledocs` rewrites the tables; `--check` fails when one is out of date
 (the test suite runs it).
@@ -80,16 +81,64 @@ def update(role_dir: Path, check: bool) -> bool:
     return False
 
 
+def sample_vars(spec_file: Path) -> str:
+    """The role's variables, commented, for inventory/sample/group_vars/all/<role>.yml."""
+    data = yaml.safe_load(spec_file.read_text()) or {}
+    entries = data.get("argument_specs") or {}
+    main = entries.get("main") or next(iter(entries.values()), {}) or {}
+    role = spec_file.parents[1].name
+    out = [
+        "---",
+        f"# Variables of role {role} (generated from roles/{role}/meta/argument_specs.yml by",
+        "# `python -m mlcluster.roledocs`). Uncomment and edit to override the default.",
+    ]
+    for name, option in sorted((main.get("options") or {}).items()):
+        description = option.get("description", "")
+        if isinstance(description, list):
+            description = " ".join(description)
+        out.append("")
+        words, line = description.split(), "#"
+        for word in words:
+            if len(line) + len(word) + 1 > 98:
+                out.append(line)
+                line = "#"
+            line += " " + word
+        if line != "#":
+            out.append(line)
+        if option.get("choices"):
+            out.append("# Choices: " + ", ".join(map(str, option["choices"])) + ".")
+        if "default" in option:
+            dumped = yaml.safe_dump({name: option["default"]}, sort_keys=False, width=90)
+            out += ["# " + row for row in dumped.rstrip("\n").splitlines()]
+        else:
+            out.append(f"# {name}:  (required)" if option.get("required") else f"# {name}:")
+    return "\n".join(out) + "\n"
+
+
+def update_sample(spec_file: Path, check: bool) -> bool:
+    target = (project_root() / "inventory" / "sample" / "group_vars" / "all"
+              / f"{spec_file.parents[1].name}.yml")
+    text = sample_vars(spec_file)
+    if target.exists() and target.read_text() == text:
+        return True
+    if not check:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     check = "--check" in argv
-    stale = [
-        spec.parents[1].name
-        for spec in sorted((project_root() / "roles").glob("*/meta/argument_specs.yml"))
-        if not update(spec.parents[1], check)
+    specs = sorted((project_root() / "roles").glob("*/meta/argument_specs.yml"))
+    stale = [spec.parents[1].name for spec in specs if not update(spec.parents[1], check)]
+    stale += [
+        f"inventory/sample ({spec.parents[1].name})"
+        for spec in specs
+        if not update_sample(spec, check)
     ]
     if stale and check:
-        print("role READMEs out of date (run `python -m mlcluster.roledocs`): " + ", ".join(stale))
+        print("role docs out of date (run `python -m mlcluster.roledocs`): " + ", ".join(stale))
         return 1
     return 0
 
