@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-MODULE_PATH = (
-    Path(__file__).resolve().parents[4]
-    / "collections/ansible_collections/mlcluster/core/plugins/modules/gpu_gres.py"
-)
-_spec = importlib.util.spec_from_file_location("gpu_gres", MODULE_PATH)
-gpu_gres = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_gres)
+from ..loader import load_plugin
+
+gpu_gres = load_plugin("modules", "gpu_gres")
 
 NVIDIA_SMI_XML = """<?xml version="1.0" ?>
 <nvidia_smi_log>

@@ -1,0 +1,141 @@
+#!/usr/bin/python
+"""Fill a directory with the wheels that a set of requirements needs."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wheelhouse
+author: mlcluster developers
+short_description: Fill a wheelhouse with wheels for requirements and local source packages
+description:
+  - Runs C(pip download) for the requirements and C(pip wheel --no-deps) for local source
+    directories into I(path), so that nodes can install offline with
+    C(pip install --no-index --find-links). This is how air-gapped sites and machines whose nodes
+    cannot reach the package index install the workloads.
+  - Idempotent: a stamp file records a digest of the requirements and of every file of the
+    source packages; when it matches, nothing runs and nothing changes.
+  - Usually run on the Ansible controller (C(delegate_to: localhost), C(run_once)).
+options:
+  path:
+    description: Directory to fill (created when missing).
+    type: path
+    required: true
+  requirements:
+    description: pip requirement specifiers whose wheels (and their dependencies') are downloaded.
+    type: list
+    elements: str
+    default: []
+  sources:
+    description: Local project directories built into wheels without their dependencies.
+    type: list
+    elements: path
+    default: []
+  python:
+    description: Python interpreter whose pip runs (the target nodes' Python version must match).
+    type: path
+    default: python3
+notes:
+  - Supports check mode (reports whether the wheelhouse would change).
+"""
+
+EXAMPLES = r"""
+- name: Fill the wheelhouse for the workloads
+  mlcluster.core.wheelhouse:
+    path: "{{ playbook_dir }}/../.mlcluster/wheelhouse"
+    requirements: ["torch==2.13.0", "jax[cpu]==0.10.2"]
+    sources: ["{{ playbook_dir }}/../workloads"]
+    python: "{{ ansible_playbook_python }}"
+  delegate_to: localhost
+  run_once: true
+"""
+
+RETURN = r"""
+digest:
+  description: Digest of the inputs, as written to the stamp file.
+  type: str
+  returned: always
+wheels:
+  description: Names of the wheel files in the wheelhouse.
+  type: list
+  elements: str
+  returned: always
+"""
+
+import hashlib  # noqa: E402
+import os  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+STAMP = ".mlcluster-wheelhouse"
+_SKIP_DIRS = {"__pycache__", "build", "dist", ".git"}
+
+
+def inputs_digest(requirements, sources):
+    digest = hashlib.sha256()
+    for req in requirements:
+        digest.update(req.encode() + b"\n")
+    for source in sources:
+        for root, dirs, files in sorted(os.walk(source)):
+            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
+            for name in sorted(files):
+                if name.endswith(".pyc"):
+                    continue
+                full = os.path.join(root, name)
+                digest.update(os.path.relpath(full, source).encode() + b"\0")
+                with open(full, "rb") as handle:
+                    digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def wheel_names(path):
+    if not os.path.isdir(path):
+        return []
+    return sorted(n for n in os.listdir(path) if n.endswith(".whl"))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "requirements": {"type": "list", "elements": "str", "default": []},
+            "sources": {"type": "list", "elements": "path", "default": []},
+            "python": {"type": "path", "default": "python3"},
+        },
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    requirements = module.params["requirements"]
+    sources = module.params["sources"]
+    for source in sources:
+        if not os.path.isfile(os.path.join(source, "pyproject.toml")):
+            module.fail_json(msg=f"{source} is not a Python project (no pyproject.toml)")
+    digest = inputs_digest(requirements, sources)
+    stamp = os.path.join(path, STAMP)
+    current = None
+    if os.path.isfile(stamp):
+        with open(stamp) as handle:
+            current = handle.read().strip()
+    if current == digest:
+        module.exit_json(changed=False, digest=digest, wheels=wheel_names(path))
+    if module.check_mode:
+        module.exit_json(changed=True, digest=digest, wheels=wheel_names(path))
+    os.makedirs(path, exist_ok=True)
+    python = module.params["python"]
+    if requirements:
+        module.run_command(
+            [python, "-m", "pip", "download", "--quiet", "--dest", path, *requirements],
+            check_rc=True,
+        )
+    for source in sources:
+        module.run_command(
+            [python, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", path, source],
+            check_rc=True,
+        )
+    with open(stamp + ".tmp", "w") as handle:
+        handle.write(digest + "\n")
+    os.replace(stamp + ".tmp", stamp)
+    module.exit_json(changed=True, digest=digest, wheels=wheel_names(path))
+
+
+if __name__ == "__main__":
+    main()

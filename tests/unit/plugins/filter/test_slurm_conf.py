@@ -1,0 +1,160 @@
+"""Unit tests of the slurm_conf_lines and slurm_hostlist filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..loader import load_plugin
+
+slurm_conf = load_plugin("filter", "slurm_conf")
+
+
+def test_conf_lines_are_sorted_and_typed():
+    lines = slurm_conf.slurm_conf_lines(
+        {
+            "TaskPlugin": ["task/cgroup", "task/affinity"],
+            "ConstrainCores": True,
+            "ConstrainSwapSpace": False,
+            "SlurmctldPort": 6817,
+            "Removed": None,
+            "Empty": "",
+        }
+    )
+    assert lines == [
+        "ConstrainCores=YES",
+        "ConstrainSwapSpace=NO",
+        "SlurmctldPort=6817",
+        "TaskPlugin=task/cgroup,task/affinity",
+    ]
+
+
+def test_conf_lines_quote_values_with_spaces():
+    assert slurm_conf.slurm_conf_lines({"Reason": "not mounted"}) == ['Reason="not mounted"']
+    assert slurm_conf.slurm_conf_lines({"Reason": '"kept"'}) == ['Reason="kept"']
+
+
+def test_conf_lines_reject_a_list():
+    with pytest.raises(TypeError, match="expects a dict"):
+        slurm_conf.slurm_conf_lines(["a=b"])
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["compute1"], "compute1"),
+        (["compute1", "compute2", "compute3"], "compute[1-3]"),
+        (["compute3", "compute1", "compute2", "compute10"], "compute[1-3,10]"),
+        (["gpu01", "gpu02", "gpu10", "gpu9"], "gpu[9,01-02,10]"),
+        (["ip-10-1-2-3", "ip-10-1-2-4"], "ip-10-1-2-[3-4]"),
+        (["login", "compute1", "compute2"], "login,compute[1-2]"),
+        (["a1", "b1", "a2"], "a[1-2],b1"),
+    ],
+)
+def test_hostlist(names, expected):
+    assert slurm_conf.slurm_hostlist(names) == expected
+
+
+def _host(name, vcpus=8, sockets=2, cores=4, threads=1, memory=16000, gres="", **extra):
+    return {
+        "inventory_hostname": name,
+        "ansible_facts": {
+            "hostname": name.split(".")[0],
+            "processor_vcpus": vcpus,
+            "processor_count": sockets,
+            "processor_cores": cores,
+            "processor_threads_per_core": threads,
+            "memtotal_mb": memory,
+            "default_ipv4": {"address": "10.0.0.5"},
+        },
+        "__slurm_node_probe": {"gpu": {"gres": gres}},
+        **extra,
+    }
+
+
+def test_node_from_facts():
+    node = slurm_conf.slurm_node(_host("compute1", gres="gpu:h100:8"), 5)
+    assert node == {
+        "host": "compute1",
+        "name": "compute1",
+        "params": {
+            "NodeAddr": "10.0.0.5",
+            "CPUs": 8,
+            "RealMemory": 15200,
+            "Sockets": 2,
+            "CoresPerSocket": 4,
+            "ThreadsPerCore": 1,
+            "Gres": "gpu:h100:8",
+        },
+    }
+
+
+def test_node_without_consistent_topology_gives_only_cpus():
+    params = slurm_conf.slurm_node(_host("c1", vcpus=6, sockets=2, cores=4), 0)["params"]
+    assert params["CPUs"] == 6
+    assert "Sockets" not in params and "Gres" not in params
+
+
+def test_node_config_overrides_and_inventory_name_may_differ():
+    node = slurm_conf.slurm_node(
+        _host("c1.example.org", slurm_node_config={"Features": ["p5", "efa"], "Weight": 10}), 5
+    )
+    assert node["host"] == "c1.example.org" and node["name"] == "c1"
+    assert node["params"]["Features"] == ["p5", "efa"]
+
+
+def test_node_rejects_a_bad_reserve():
+    with pytest.raises(ValueError, match="0-99"):
+        slurm_conf.slurm_node(_host("c1"), 100)
+
+
+NODES = [
+    {"host": "compute1", "name": "compute1"},
+    {"host": "compute2", "name": "compute2"},
+    {"host": "compute3", "name": "compute3"},
+]
+
+
+def test_partitions_default_and_groups():
+    partitions = slurm_conf.slurm_partition_list(
+        [{"name": "p5", "group": "p5_nodes", "config": {"MaxTime": "2-00:00:00"}}],
+        NODES,
+        {"p5_nodes": ["compute2", "compute3"]},
+        "batch",
+        {"MaxTime": "INFINITE", "State": "UP"},
+    )
+    assert partitions == [
+        {
+            "name": "batch",
+            "params": {
+                "MaxTime": "INFINITE",
+                "State": "UP",
+                "Nodes": "compute[1-3]",
+                "Default": True,
+            },
+        },
+        {
+            "name": "p5",
+            "params": {
+                "MaxTime": "2-00:00:00",
+                "State": "UP",
+                "Nodes": "compute[2-3]",
+                "Default": False,
+            },
+        },
+    ]
+
+
+def test_partitions_explicit_default_wins():
+    partitions = slurm_conf.slurm_partition_list(
+        [{"name": "p5", "group": "g", "default": True}], NODES, {"g": ["compute1"]}, "batch", {}
+    )
+    assert [p["params"]["Default"] for p in partitions] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [({"g": []}, "has no hosts"), ({"g": ["login1"]}, "not compute nodes: login1")],
+)
+def test_partitions_reject_bad_groups(groups, message):
+    with pytest.raises(ValueError, match=message):
+        slurm_conf.slurm_partition_list([{"name": "p", "group": "g"}], NODES, groups, "", {})
