@@ -116,8 +116,14 @@ def sample_vars(spec_file: Path) -> str:
 
 
 def update_sample(spec_file: Path, check: bool) -> bool:
-    target = (project_root() / "inventory" / "sample" / "group_vars" / "all"
-              / f"{spec_file.parents[1].name}.yml")
+    target = (
+        project_root()
+        / "inventory"
+        / "sample"
+        / "group_vars"
+        / "all"
+        / f"{spec_file.parents[1].name}.yml"
+    )
     text = sample_vars(spec_file)
     if target.exists() and target.read_text() == text:
         return True

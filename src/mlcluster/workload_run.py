@@ -34,8 +34,17 @@ CPU_DEFAULT_ARGS = {
     "jax": ["--steps", "40"],
     "allreduce": ["--max-bytes", "16M", "--iters", "10"],
 }
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-            "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 @dataclass
@@ -50,18 +59,26 @@ class Target:
     def run(self, command: str, input_text: str | None = None, timeout: float = 120):
         proc = subprocess.run(
             ["ssh", *self.ssh_args, f"{self.user}@{self.address}", command],
-            input=input_text, capture_output=True, text=True, timeout=timeout, check=False,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if proc.returncode == 255:
-            raise MlclusterError(f"controller {self.host} ({self.address}) unreachable over SSH: "
-                                 f"{proc.stderr.strip()}")
+            raise MlclusterError(
+                f"controller {self.host} ({self.address}) unreachable over SSH: "
+                f"{proc.stderr.strip()}"
+            )
         return proc
 
 
 def controller_target(inventory: Path) -> Target:
     proc = subprocess.run(
         [str(venv_bin() / "ansible-inventory"), "-i", str(inventory), "--list"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise MlclusterError(f"cannot read inventory {inventory}: {proc.stderr.strip()}")
@@ -77,19 +94,30 @@ def controller_target(inventory: Path) -> Target:
     if hostvars.get("ansible_port"):
         ssh_args += ["-p", str(hostvars["ansible_port"])]
     ssh_args += shlex.split(str(hostvars.get("ansible_ssh_common_args", "")))
-    return Target(host=host, address=str(hostvars.get("ansible_host", host)),
-                  user=str(hostvars.get("ansible_user", "root")), ssh_args=ssh_args)
+    return Target(
+        host=host,
+        address=str(hostvars.get("ansible_host", host)),
+        user=str(hostvars.get("ansible_user", "root")),
+        ssh_args=ssh_args,
+    )
 
 
 def render_script(case: str, nodes: int, args: list[str], job_name: str) -> str:
     try:
         from mlcluster_workloads.launch import WorkloadSpec, render_sbatch
     except ImportError as exc:  # pragma: no cover - the venv always has it
-        raise MlclusterError("the mlcluster-workloads package is not installed in this venv "
-                             "(bash scripts/setup.sh installs it)") from exc
+        raise MlclusterError(
+            "the mlcluster-workloads package is not installed in this venv "
+            "(bash scripts/setup.sh installs it)"
+        ) from exc
     spec = WorkloadSpec(
-        case=CASE_MODULES[case], args=tuple(args), nodes=nodes, gpus_per_node=0,
-        venv=f"{WORKLOADS_ROOT}/venv", output_dir=f"{WORKLOADS_ROOT}/jobs", job_name=job_name,
+        case=CASE_MODULES[case],
+        args=tuple(args),
+        nodes=nodes,
+        gpus_per_node=0,
+        venv=f"{WORKLOADS_ROOT}/venv",
+        output_dir=f"{WORKLOADS_ROOT}/jobs",
+        job_name=job_name,
         env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
     )
     return render_sbatch(spec)
@@ -112,8 +140,9 @@ def parse_metrics(output: str) -> tuple[list[dict], dict | None]:
     return steps, summary
 
 
-def summary_table(case: str, job_id: str, state: str, steps: list[dict],
-                  summary: dict | None) -> Table:
+def summary_table(
+    case: str, job_id: str, state: str, steps: list[dict], summary: dict | None
+) -> Table:
     table = Table(title=f"{case} (job {job_id}): {state}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -132,8 +161,12 @@ def summary_table(case: str, job_id: str, state: str, steps: list[dict],
         ("samples/s", fmt(summary.get("samples_per_s"))),
         ("tokens/s", fmt(summary.get("tokens_per_s"))),
         ("TFLOP/s per device", fmt(summary.get("tflops_per_device"), ".4f")),
-        ("MFU", fmt(summary.get("mfu"), ".1%") if summary.get("mfu") is not None
-         else "unknown (no peak for this device)"),
+        (
+            "MFU",
+            fmt(summary.get("mfu"), ".1%")
+            if summary.get("mfu") is not None
+            else "unknown (no peak for this device)",
+        ),
         ("step time (s)", fmt(summary.get("step_time_s"), ".3f")),
     ]
     for name, value in rows:
@@ -141,8 +174,14 @@ def summary_table(case: str, job_id: str, state: str, steps: list[dict],
     return table
 
 
-def run_case(case: str, inventory: Path, nodes: int = 2, report: Path | None = None,
-             extra_args: list[str] | None = None, console: Console | None = None) -> int:
+def run_case(
+    case: str,
+    inventory: Path,
+    nodes: int = 2,
+    report: Path | None = None,
+    extra_args: list[str] | None = None,
+    console: Console | None = None,
+) -> int:
     from .display import ProgressDisplay, print_summary
 
     console = console or Console()
@@ -161,13 +200,17 @@ def run_case(case: str, inventory: Path, nodes: int = 2, report: Path | None = N
     upload = target.run(f"cat > {script_path} && chown mluser: {script_path}", input_text=script)
     if upload.returncode != 0:
         raise MlclusterError(f"cannot write {script_path} on {target.host}: {upload.stderr}")
-    submit = target.run(f"cd {WORKLOADS_ROOT}/jobs && su mluser -c 'sbatch --parsable {script_path}'")
+    submit = target.run(
+        f"cd {WORKLOADS_ROOT}/jobs && su mluser -c 'sbatch --parsable {script_path}'"
+    )
     if submit.returncode != 0:
         raise MlclusterError(f"sbatch failed on {target.host}: {submit.stderr.strip()}")
     job_id = submit.stdout.strip().split(";")[0]
     output_path = f"{WORKLOADS_ROOT}/jobs/{job_name}-{job_id}.out"
-    console.print(f"submitted {case} as job {job_id} on {nodes} node(s); output {output_path}",
-                  highlight=False)
+    console.print(
+        f"submitted {case} as job {job_id} on {nodes} node(s); output {output_path}",
+        highlight=False,
+    )
 
     state, output, started = "PENDING", "", time.monotonic()
     with Live(Text(""), console=console, transient=True, refresh_per_second=2) as live:
@@ -176,10 +219,12 @@ def run_case(case: str, inventory: Path, nodes: int = 2, report: Path | None = N
             output = target.run(f"cat {output_path} 2>/dev/null").stdout
             steps, _ = parse_metrics(output)
             last = steps[-1] if steps else {}
-            live.update(Text(
-                f"job {job_id} {state}  elapsed {time.monotonic() - started:4.0f} s  "
-                f"step {last.get('step', '-')}  loss {last.get('loss', '-')}"
-            ))
+            live.update(
+                Text(
+                    f"job {job_id} {state}  elapsed {time.monotonic() - started:4.0f} s  "
+                    f"step {last.get('step', '-')}  loss {last.get('loss', '-')}"
+                )
+            )
             if state in TERMINAL:
                 break
             time.sleep(2)
@@ -188,14 +233,27 @@ def run_case(case: str, inventory: Path, nodes: int = 2, report: Path | None = N
     ok = state == "COMPLETED" and summary is not None
     if not ok:
         tail = "\n".join(output.strip().splitlines()[-20:])
-        console.print(f"[red]job {job_id} ended {state}[/red]; last output lines:\n{tail}",
-                      highlight=False)
+        console.print(
+            f"[red]job {job_id} ended {state}[/red]; last output lines:\n{tail}", highlight=False
+        )
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps({
-            "case": case, "job_id": job_id, "state": state, "nodes": nodes, "args": args,
-            "output": output_path, "summary": summary, "steps": steps,
-        }, indent=2) + "\n")
+        report.write_text(
+            json.dumps(
+                {
+                    "case": case,
+                    "job_id": job_id,
+                    "state": state,
+                    "nodes": nodes,
+                    "args": args,
+                    "output": output_path,
+                    "summary": summary,
+                    "steps": steps,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return EXIT_OK if ok else EXIT_FAILED
 
 
