@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -83,3 +85,28 @@ def podman_names(kind: str, label: str) -> list[str]:
         check=True,
     ).stdout
     return out.split()
+
+
+CLUSTER = "ci"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local cluster for the whole integration session (started through the CLI)."""
+    import os
+
+    state = Path(os.environ["MLCLUSTER_STATE"])
+    mlcluster("local", "up", "--name", CLUSTER)
+    yield Cluster(CLUSTER, state)
+    mlcluster("local", "down", "--name", CLUSTER, check=False)
+
+
+@pytest.fixture(scope="session")
+def deploys(cluster, tmp_path_factory):
+    """site.yml deployed twice on the session's cluster; the two JSON reports."""
+    reports = []
+    for i in (1, 2):
+        path = tmp_path_factory.mktemp("deploy") / f"r{i}.json"
+        mlcluster("deploy", "-i", str(cluster.inventory), "--report", str(path))
+        reports.append(json.loads(path.read_text()))
+    return reports

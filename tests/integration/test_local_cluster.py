@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,25 +10,6 @@ import pytest
 from .conftest import Cluster, mlcluster, podman_names
 
 pytestmark = pytest.mark.integration
-NAME = "skel"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    state = Path(os.environ["MLCLUSTER_STATE"])
-    mlcluster("local", "up", "--name", NAME)
-    yield Cluster(NAME, state)
-    mlcluster("local", "down", "--name", NAME, check=False)
-
-
-@pytest.fixture(scope="module")
-def deploys(cluster, tmp_path_factory):
-    reports = []
-    for i in (1, 2):
-        path = tmp_path_factory.mktemp("deploy") / f"r{i}.json"
-        mlcluster("deploy", "-i", str(cluster.inventory), "--report", str(path))
-        reports.append(json.loads(path.read_text()))
-    return reports
 
 
 def test_status_lists_every_node_running(cluster):
@@ -93,11 +73,18 @@ def test_common_role_applied(cluster, deploys):
     assert cluster.ssh("compute1", "sysctl -n net.core.somaxconn").stdout.strip() == "4096"
 
 
-def test_down_removes_everything(cluster, deploys):
-    label = f"io.mlcluster.cluster={NAME}"
-    mlcluster("local", "down", "--name", NAME)
+def test_down_removes_everything(tmp_path):
+    """A cluster of its own, so the session's cluster stays up for the other tests."""
+    name = "skeldown"
+    state = Path(os.environ["MLCLUSTER_STATE"])
+    mlcluster("local", "up", "--name", name, "--computes", "1", "--login")
+    rows = Cluster(name, state).status()
+    assert sorted(r["hostname"] for r in rows) == ["compute1", "controller", "login1"]
+    label = f"io.mlcluster.cluster={name}"
+    assert len(podman_names("container", label)) == 3
+    mlcluster("local", "down", "--name", name)
     assert podman_names("container", label) == []
     assert podman_names("network", label) == []
     assert podman_names("volume", label) == []
-    assert not (cluster.state_dir / "clusters" / NAME).exists()
-    assert "not up" in mlcluster("local", "status", "--name", NAME).stdout
+    assert not (state / "clusters" / name).exists()
+    assert "not up" in mlcluster("local", "status", "--name", name).stdout
