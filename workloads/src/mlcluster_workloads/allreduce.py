@@ -240,10 +240,11 @@ def run_torch(args: argparse.Namespace, out) -> None:
         rows = []
         for size in message_sizes(args.min_bytes, args.max_bytes, args.factor):
             count = max(1, size // element)
-            buffer = torch.full((count,), float(ctx.rank + 1), dtype=dtype, device=ctx.device)
+            # Every rank contributes ones: the sum, the world size, is exact in every dtype
+            # offered, and a rank left out of the reduction shows as a wrong element.
+            buffer = torch.ones((count,), dtype=dtype, device=ctx.device)
             torch_dist.all_reduce(buffer)
-            expected = ctx.world_size * (ctx.world_size + 1) / 2
-            wrong = int((buffer != expected).sum().item())
+            wrong = int((buffer != ctx.world_size).sum().item())
             buffer.zero_()  # sums of zeros cannot overflow however many iterations run
             for _ in range(args.warmup_iters):
                 torch_dist.all_reduce(buffer)

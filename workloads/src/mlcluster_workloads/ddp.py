@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
     ctx = dist.init(args.backend, args.device)
     try:
         x, y = map(
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             warmup_steps=args.warmup_steps,
             peak_tflops=args.peak_tflops,
             enabled=ctx.is_main,
+            stream=stream,
             extra={"backend": ctx.backend, "global_batch": sampler.global_batch},
         )
         for step in range(1, args.steps + 1):

@@ -72,7 +72,7 @@ def init(backend: str = "auto", device: str = "auto") -> DistContext:
         torch.cuda.set_device(torch_device)
     chosen = resolve_backend(backend, torch_device)
     if not dist.is_initialized():
-        if "MASTER_ADDR" in os.environ and "WORLD_SIZE" in os.environ:
+        if "WORLD_SIZE" in os.environ:  # launched: env:// needs MASTER_ADDR/MASTER_PORT too
             dist.init_process_group(
                 chosen, device_id=torch_device if torch_device.type == "cuda" else None
             )

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -142,15 +143,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
     ctx = dist.init(args.backend, args.device)
     try:
-        run(args, ctx)
+        run(args, ctx, stream)
     finally:
         dist.shutdown()
 
 
-def run(args: argparse.Namespace, ctx: dist.DistContext) -> None:
+def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None:
     config = dataclasses.replace(CONFIGS[args.config], max_seq_len=args.seq_len)
     param_dtype = resolve_dtype(args.dtype, ctx.device)
     mesh = init_device_mesh(ctx.device.type, (ctx.world_size,), mesh_dim_names=("dp",))
@@ -207,13 +208,14 @@ def run(args: argparse.Namespace, ctx: dist.DistContext) -> None:
     reporter = metrics.Reporter(
         case="fsdp",
         world_size=ctx.world_size,
-        device=ctx.device,
+        device=dist.reporter_device(ctx.device),
         samples_per_step=sampler.global_batch,
         flops_per_sample=flops_per_token * args.seq_len,
         tokens_per_sample=args.seq_len,
         warmup_steps=args.warmup_steps,
         peak_tflops=args.peak_tflops,
         enabled=ctx.is_main,
+        stream=stream,
         extra={
             "config": args.config,
             "params": config.total_params(),

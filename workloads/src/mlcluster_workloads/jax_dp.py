@@ -6,9 +6,10 @@
 One process per node drives all of that node's devices. Process id and count come from flags,
 else SLURM_PROCID/SLURM_NTASKS, else RANK/WORLD_SIZE; the coordinator from ``--coordinator``,
 else JAX_COORDINATOR_ADDRESS, else MASTER_ADDR:MASTER_PORT. Parameters are replicated, each
-process feeds its own block of the global batch, and gradients are averaged with
-``jax.lax.pmean`` over every device of every process inside ``shard_map``. On CPU the
-cross-process collectives go through gloo (``jax_cpu_collectives_implementation``).
+process feeds its own block of the global batch, and the loss is the ``jax.lax.pmean`` over
+every device of every process inside ``shard_map``, so its gradient is the average over all
+devices. On CPU the cross-process collectives go through gloo
+(``jax_cpu_collectives_implementation``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import jax
 import jax.numpy as jnp
@@ -70,17 +72,25 @@ def forward(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return x
 
 
-def make_train_step(mesh: Mesh, lr: float, betas=(0.9, 0.999), eps=1e-8):
-    """A jitted step over the mesh: local gradients, pmean across all devices, Adam update."""
+def make_train_step(mesh: Mesh, lr: float, optimizer: str, betas=(0.9, 0.999), eps=1e-8):
+    """A jitted step over the mesh: gradients averaged across all devices, then an Adam or
+    plain SGD update (SGD's update is proportional to the gradient, so the tests use it to see
+    that gradients are averaged, not summed: Adam would hide the scale)."""
 
-    def local_loss(params, x, y):
-        return jnp.mean((forward(params, x) - y) ** 2)
+    def global_loss(params, x, y):
+        # The mean over every device's block of the batch. Differentiating this global loss
+        # with respect to the replicated parameters gives the averaged gradient: shard_map's
+        # transpose of "use replicated params on varying data" is a psum across "dp", and the
+        # pmean contributes the 1/n. (Taking local gradients and pmean-ing them would double
+        # count: those gradients come out already summed across devices.)
+        return jax.lax.pmean(jnp.mean((forward(params, x) - y) ** 2), "dp")
 
     def step(params, moments, count, x, y):
-        loss, grads = jax.value_and_grad(local_loss)(params, x, y)
-        grads = jax.lax.pmean(grads, "dp")
-        loss = jax.lax.pmean(loss, "dp")
+        loss, grads = jax.value_and_grad(global_loss)(params, x, y)
         count = count + 1
+        if optimizer == "sgd":
+            params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+            return params, moments, count, loss
         first = jax.tree.map(lambda m, g: betas[0] * m + (1 - betas[0]) * g, moments[0], grads)
         second = jax.tree.map(lambda v, g: betas[1] * v + (1 - betas[1]) * g * g, moments[1], grads)
         correction1 = 1 - betas[0] ** count
@@ -127,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64, help="samples per process per step")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--depth", type=int, default=2, help="hidden layers")
     parser.add_argument("--in-features", type=int, default=32)
@@ -153,7 +164,7 @@ def reporter_device() -> metrics.Device:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
     jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
     if args.num_processes > 1:
         jax.distributed.initialize(
@@ -162,13 +173,13 @@ def main(argv: list[str] | None = None) -> None:
             process_id=args.process_id,
         )
     try:
-        train(args)
+        train(args, stream)
     finally:
         if args.num_processes > 1:
             jax.distributed.shutdown()
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace, stream: TextIO) -> None:
     process, processes = jax.process_index(), jax.process_count()
     local_devices = jax.local_device_count()
     if args.batch_size % local_devices:
@@ -191,7 +202,7 @@ def train(args: argparse.Namespace) -> None:
     zeros = {name: np.zeros_like(value) for name, value in host_params.items()}
     moments = (jax.tree.map(global_replicated, zeros), jax.tree.map(global_replicated, zeros))
     count = global_replicated(np.zeros((), np.int32))
-    train_step = make_train_step(mesh, args.lr)
+    train_step = make_train_step(mesh, args.lr, args.optimizer)
 
     reporter = metrics.Reporter(
         case="jax_dp",
@@ -202,6 +213,7 @@ def train(args: argparse.Namespace) -> None:
         warmup_steps=args.warmup_steps,
         peak_tflops=args.peak_tflops,
         enabled=process == 0,
+        stream=stream,
         extra={
             "process_count": processes,
             "local_device_count": local_devices,

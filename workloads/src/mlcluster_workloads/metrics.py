@@ -78,6 +78,15 @@ class Device:
     peak_memory: Callable[[], int] = process_peak_rss_bytes
 
 
+RATE_KEYS = (
+    "step_time_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "tokens_per_s_per_device",
+    "tflops_per_device",
+    "mfu",
+)
+
 _json_stream: TextIO | None = None
 
 
@@ -124,7 +133,7 @@ class Reporter:
     warmup_steps: int = 2
     peak_tflops: float | None = None
     enabled: bool = True
-    stream: TextIO = field(default_factory=json_stream)
+    stream: TextIO = field(default_factory=lambda: sys.stdout)  # the cases pass json_stream()
     extra: dict[str, Any] = field(default_factory=dict)
     _steps: list[dict[str, Any]] = field(default_factory=list, init=False)
 
@@ -185,6 +194,8 @@ class Reporter:
         }
         # Rates over the measured steps are totals over total time, not means of per-step rates.
         total_time = math.fsum(s["step_time_s"] for s in measured)
+        for key in RATE_KEYS:  # stay null when no step ran (a resumed run that was complete)
+            record[key] = None
         if measured and total_time > 0:
             samples_per_s = self.samples_per_step * len(measured) / total_time
             tflops = self.flops_per_sample * samples_per_s / self.world_size / 1e12
@@ -193,8 +204,6 @@ class Reporter:
             if self.tokens_per_sample is not None:
                 record["tokens_per_s"] = samples_per_s * self.tokens_per_sample
                 record["tokens_per_s_per_device"] = record["tokens_per_s"] / self.world_size
-            else:
-                record["tokens_per_s"] = record["tokens_per_s_per_device"] = None
             record["tflops_per_device"] = tflops
             record["mfu"] = tflops / self.peak_tflops if self.peak_tflops else None
         record.update(self.extra)

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import dataclasses
+import io
+import sys
+
+import numpy as np
+import pytest
+import torch
+from dist_worker import FSDP, STEP
+from mlcluster_workloads import dist, fsdp
+from mlcluster_workloads.checkpoint import MARKER
+from mlcluster_workloads.data import SyntheticTokens, write_token_file
+from mlcluster_workloads.llama import CONFIGS, Transformer
+from workload_helpers import json_lines, launch_ranks, only, run, steps
+
+TINY_RUN = ["--config", "tiny", "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3"]
+STEPS, CHECKPOINT_EVERY, STOP_AFTER = 12, 4, 8
+
+
+def reference_model() -> Transformer:
+    config = dataclasses.replace(CONFIGS[FSDP["config"]], max_seq_len=FSDP["seq_len"])
+    model = Transformer(config)  # plain, unsharded, on CPU
+    model.init_weights(FSDP["seed"])
+    return model
+
+
+def test_sharded_initialisation_equals_unsharded(distributed_steps):
+    initial = torch.load(distributed_steps / "fsdp-rank0.pt", weights_only=False)["initial"]
+    reference = reference_model()
+    assert initial.keys() == dict(reference.named_parameters()).keys()
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(initial[name], param.detach(), rtol=0, atol=0, msg=name)
+
+
+def test_gradients_equal_a_single_process_step_on_the_global_batch(distributed_steps):
+    ranks = [
+        torch.load(distributed_steps / f"fsdp-rank{r}.pt", weights_only=False) for r in range(2)
+    ]
+    first, second = (r["indices"].tolist() for r in ranks)
+    global_batch = list(range(STEP * 2 * FSDP["batch"], (STEP + 1) * 2 * FSDP["batch"]))
+    assert set(first).isdisjoint(second)
+    assert sorted(first + second) == global_batch
+
+    reference = reference_model()
+    source = SyntheticTokens(reference.config.vocab_size, FSDP["seq_len"], seed=FSDP["seed"])
+    tokens = torch.from_numpy(source.batch(np.array(global_batch)))
+    loss = fsdp.loss_and_backward(reference, tokens[:, :-1], tokens[:, 1:])
+    # the mean of the two ranks' losses is the global batch's loss
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(loss.item(), rel=1e-6)
+    for rank in ranks:
+        for name, param in reference.named_parameters():
+            torch.testing.assert_close(rank["grads"][name], param.grad, msg=name)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("uninterrupted")
+    result = launch_ranks(
+        "-m",
+        "mlcluster_workloads.fsdp",
+        *TINY_RUN,
+        "--steps",
+        str(STEPS),
+        "--checkpoint-dir",
+        str(directory),
+        "--checkpoint-every",
+        str(CHECKPOINT_EVERY),
+        "--keep-checkpoints",
+        "2",
+    )
+    return json_lines(result.stdout), directory
+
+
+def test_loss_falls(uninterrupted):
+    records, _ = uninterrupted
+    summary = only(records, "summary")
+    assert [r["step"] for r in steps(records)] == list(range(1, STEPS + 1))
+    assert summary["world_size"] == 2 and summary["global_batch"] == 4
+    assert summary["final_loss"] < 0.7 * summary["first_loss"]
+    # --seq-len reaches the data: 4 sequences of 32 tokens per step
+    for record in steps(records):
+        assert record["tokens_per_s"] == pytest.approx(record["samples_per_s"] * 32)
+    assert summary["flops_per_token"] == 6 * 1_703_936 + 12 * 2 * 8 * 32 * 32
+
+
+def test_checkpoints_are_complete_and_pruned(uninterrupted):
+    records, directory = uninterrupted
+    saved = [r["step"] for r in records if r["event"] == "checkpoint"]
+    assert saved == [4, 8, 12]
+    kept = sorted(p.name for p in directory.iterdir())
+    assert kept == ["step-00000008", "step-00000012"]  # --keep-checkpoints 2
+    assert all((directory / name / MARKER).is_file() for name in kept)
+    assert len(list((directory / "step-00000012").glob("*.distcp"))) == 2  # one per rank
+
+
+def test_stopped_run_resumes_with_the_same_loss_trajectory(uninterrupted, tmp_path):
+    records, _ = uninterrupted
+    expected = {r["step"]: r["loss"] for r in steps(records)}
+    common = [*TINY_RUN, "--steps", str(STEPS), "--checkpoint-dir", str(tmp_path)]
+    common += ["--checkpoint-every", str(CHECKPOINT_EVERY), "--keep-checkpoints", "0"]
+
+    first = json_lines(
+        launch_ranks(
+            "-m", "mlcluster_workloads.fsdp", *common, "--stop-after-step", str(STOP_AFTER)
+        ).stdout
+    )
+    assert [r["step"] for r in steps(first)] == list(range(1, STOP_AFTER + 1))
+    assert only(first, "summary")["stopped_early"] is True
+    # A save killed half-way leaves a newer directory without the marker: it must be ignored.
+    (tmp_path / "step-00000010").mkdir()
+    (tmp_path / "step-00000010" / "__0_0.distcp").write_bytes(b"partial")
+
+    second = json_lines(launch_ranks("-m", "mlcluster_workloads.fsdp", *common).stdout)
+    assert only(second, "resume")["step"] == STOP_AFTER
+    resumed = steps(second)
+    assert [r["step"] for r in resumed] == list(range(STOP_AFTER + 1, STEPS + 1))
+    # same model, optimizer state and data position: the losses match bit for bit
+    assert {r["step"]: r["loss"] for r in resumed} == {
+        step: loss for step, loss in expected.items() if step > STOP_AFTER
+    }
+    assert only(second, "summary")["resumed_from_step"] == STOP_AFTER
+
+
+def test_runs_alone_on_a_token_file(tmp_path):
+    vocabulary = CONFIGS["tiny"].vocab_size
+    path = tmp_path / "tokens.bin"
+    write_token_file(path, np.arange(4000) % vocabulary, dtype="uint32")
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "mlcluster_workloads.fsdp",
+            *TINY_RUN,
+            "--steps",
+            "3",
+            "--data-file",
+            str(path),
+            "--data-dtype",
+            "uint32",
+        ]
+    )
+    records = json_lines(result.stdout)
+    assert [r["step"] for r in steps(records)] == [1, 2, 3]
+    assert only(records, "summary")["world_size"] == 1
+
+
+def test_rejects_tokens_outside_the_vocabulary(tmp_path):
+    path = tmp_path / "tokens.bin"
+    write_token_file(path, np.full(200, 600), dtype="uint16")  # tiny's vocabulary is 512
+    args = fsdp.parse_args([*TINY_RUN, "--steps", "1", "--data-file", str(path)])
+    ctx = dist.init("gloo", "cpu")  # alone: a one-rank group on an in-memory store
+    try:
+        with pytest.raises(SystemExit, match="outside the tiny vocabulary"):
+            fsdp.run(args, ctx, io.StringIO())
+    finally:
+        dist.shutdown()
+
+
+def test_learning_rate_warmup():
+    assert [fsdp.learning_rate(s, peak=1.0, warmup_steps=4) for s in (1, 2, 4, 9)] == [
+        0.25,
+        0.5,
+        1.0,
+        1.0,
+    ]
+    assert fsdp.learning_rate(1, peak=0.1, warmup_steps=0) == 0.1

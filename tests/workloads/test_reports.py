@@ -1,0 +1,160 @@
+"""versions and envreport against a fake host: files under a temporary root, commands on a
+temporary PATH."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import stat
+import sys
+
+import pytest
+from mlcluster_workloads import envreport, versions
+from mlcluster_workloads.probe import Host
+from workload_helpers import json_lines
+
+
+def put(root, path: str, content: str | bytes) -> None:
+    target = root / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+
+
+def command(bin_dir, name: str, output: str, exit_code: int = 0) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / name
+    # printf is a shell builtin: the fake PATH holds no cat
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(output)}\nexit {exit_code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def gpu_node(tmp_path):
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    put(
+        root,
+        "/proc/driver/nvidia/version",
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.133.20  Release Build\n"
+        "GCC version:  gcc version 11.4.0\n",
+    )
+    put(root, "/sys/module/nvidia/version", "570.133.20\n")
+    put(root, "/usr/local/cuda/version.json", json.dumps({"cuda": {"version": "12.8.1"}}))
+    put(root, "/usr/local/lib/libnccl.so.2.26.2", b"")
+    put(root, "/usr/local/lib/libnccl.so.2.21.5", b"")
+    put(root, "/usr/local/lib/libnccl.so.2", b"")
+    put(
+        root,
+        "/opt/amazon/efa_installed_packages",
+        "# EFA installer version: 1.41.0\n# Debug packages installed: no\nlibfabric-aws-2.1.0\n",
+    )
+    put(root, "/sys/module/efa/version", "2.15.3g\n")
+    put(
+        root,
+        "/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so",
+        b"\x7fELF\x00NET/OFI Initializing aws-ofi-nccl 1.14.2-aws\x00more",
+    )
+    for name in ("infiniband/rdmap16s27", "infiniband/mlx5_0"):
+        (root / "sys/class" / name / "device").mkdir(parents=True)
+    drivers = root / "sys/bus/pci/drivers"
+    (drivers / "efa").mkdir(parents=True)
+    (drivers / "mlx5_core").mkdir()
+    (root / "sys/class/infiniband/rdmap16s27/device/driver").symlink_to(drivers / "efa")
+    (root / "sys/class/infiniband/mlx5_0/device/driver").symlink_to(drivers / "mlx5_core")
+    command(
+        bin_dir, "fi_info", "fi_info: 2.1.0amzn3.0\nlibfabric: 2.1.0amzn3.0\nlibfabric api: 2.1"
+    )
+    command(
+        bin_dir,
+        "nvidia-smi",
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2)",
+    )
+    return Host(root=root, path=str(bin_dir))
+
+
+def test_versions_on_a_gpu_node(gpu_node):
+    report = versions.report(gpu_node)
+    expected = {
+        "nvidia_driver": ("570.133.20", "/proc/driver/nvidia/version"),
+        "nvidia_kernel_module": ("570.133.20", "/sys/module/nvidia/version"),
+        "cuda_toolkit": ("12.8.1", "/usr/local/cuda/version.json"),
+        "nccl_library": ("2.26.2", "/usr/local/lib/libnccl.so.*"),  # the newest of two
+        "efa_installer": ("1.41.0", "/opt/amazon/efa_installed_packages"),
+        "efa_kernel_module": ("2.15.3g", "/sys/module/efa/version"),
+        "aws_ofi_nccl": (
+            "1.14.2-aws",
+            "/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so (its embedded package string)",
+        ),
+    }
+    for field, (version, source) in expected.items():
+        assert report[field] == {"status": "present", "version": version, "source": source}
+    assert report["libfabric"]["version"] == "2.1.0amzn3.0"
+    assert report["neuron_kernel_module"] == {
+        "status": "absent",
+        "looked_for": ["/sys/module/neuron/version"],
+    }
+
+
+def test_versions_falls_back_to_nvidia_smi(tmp_path):
+    command(tmp_path / "bin", "nvidia-smi", "535.129.03")
+    host = Host(root=tmp_path / "empty", path=str(tmp_path / "bin"))
+    assert versions.nvidia_driver(host) == {
+        "status": "present",
+        "version": "535.129.03",
+        "source": "nvidia-smi --query-gpu=driver_version",
+    }
+
+
+def test_versions_on_a_bare_host_says_absent_and_where_it_looked(tmp_path):
+    report = versions.report(Host(root=tmp_path, path=str(tmp_path / "no-bin")))
+    for field in (
+        "nvidia_driver",
+        "nvidia_kernel_module",
+        "cuda_toolkit",
+        "efa_installer",
+        "efa_kernel_module",
+        "libfabric",
+        "aws_ofi_nccl",
+        "neuron_kernel_module",
+        "neuron_tools",
+    ):
+        assert report[field]["status"] == "absent", field
+        assert report[field]["looked_for"], field
+    assert report["nvidia_driver"]["looked_for"] == [
+        "/proc/driver/nvidia/version",
+        "nvidia-smi on PATH",
+    ]
+    assert report["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_envreport_finds_efa_devices_by_driver(gpu_node):
+    report = envreport.report(gpu_node)
+    assert report["efa"] == {
+        "status": "present",
+        "version": 1,
+        "source": "/sys/class/infiniband/*/device/driver -> efa",
+        "devices": ["rdmap16s27"],
+        "libfabric_efa_provider": True,
+    }
+    assert report["gpus_nvidia_smi"]["version"] == 2
+    assert report["mpi"] == {"status": "absent", "looked_for": ["mpirun on PATH"]}
+    assert report["neuron_devices"]["status"] == "absent"
+
+
+def test_envreport_here(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    report = envreport.report(Host(path=""))
+    torch_report = report["torch"]
+    assert torch_report["status"] == "present"
+    assert torch_report["backends"]["gloo"] is True
+    assert torch_report["device_count"] == len(torch_report["devices"])
+    assert report["launcher_env"]["SLURM_JOB_ID"] == "42"
+
+
+@pytest.mark.parametrize("module", [versions, envreport])
+def test_main_prints_one_json_object(module, capsys):
+    module.main([])
+    (record,) = json_lines(capsys.readouterr().out)
+    assert record["event"] == module.__name__.rsplit(".", 1)[-1]
