@@ -181,16 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
     run.add_argument("--nodes", type=int, default=2)
     run.add_argument("--report", help="write the metrics summary as JSON to this file")
-    run.add_argument(
-        "args", nargs=argparse.REMAINDER, help="arguments after -- are passed to the test case"
-    )
+    run.epilog = "Arguments after -- go to the test case (default: a small CPU-sized run)."
     run.set_defaults(func=cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` belongs to the test case of `mlcluster run`.
+    case_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
+    args.args = case_args
     try:
         return args.func(args)
     except MlclusterError as exc:

@@ -159,7 +159,12 @@ def summary_table(
         ("first loss", fmt(summary.get("first_loss"), ".4f")),
         ("final loss", fmt(summary.get("final_loss"), ".4f")),
         ("samples/s", fmt(summary.get("samples_per_s"))),
-        ("tokens/s", fmt(summary.get("tokens_per_s"))),
+        (
+            "tokens/s",
+            fmt(summary.get("tokens_per_s"))
+            if summary.get("tokens_per_s") is not None
+            else "n/a (not a token model)",
+        ),
         ("TFLOP/s per device", fmt(summary.get("tflops_per_device"), ".4f")),
         (
             "MFU",

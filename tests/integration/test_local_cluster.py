@@ -65,6 +65,11 @@ def test_fsx_is_shared(cluster, deploys):
     assert cluster.ssh("controller", "cat /fsx/skeleton-check").stdout.strip() == token
 
 
+def test_srun_runs_on_both_compute_nodes(cluster, deploys):
+    out = cluster.ssh("controller", "su mluser -c 'srun -N2 hostname'").stdout.split()
+    assert sorted(out) == ["compute1", "compute2"]
+
+
 def test_common_role_applied(cluster, deploys):
     limits = cluster.ssh("compute1", "cat /etc/security/limits.d/90-mlcluster.conf").stdout
     assert "soft memlock" in limits and "soft nofile" in limits

@@ -204,3 +204,17 @@ def test_old_runs_are_rotated(monkeypatch):
     ]
     assert not dirs[0].exists()
     assert dirs[1].exists() and dirs[2].exists()
+
+
+def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
+    seen = {}
+
+    def fake_run_case(case, inventory, nodes, report, extra_args):
+        seen.update(case=case, nodes=nodes, report=report, extra_args=extra_args)
+        return 0
+
+    monkeypatch.setattr("mlcluster.workload_run.run_case", fake_run_case)
+    assert cli.main(["run", "fsdp", "--nodes", "2", "--report", "r.json", "--",
+                     "--steps", "3"]) == 0
+    assert seen == {"case": "fsdp", "nodes": 2, "report": Path("r.json"),
+                    "extra_args": ["--steps", "3"]}
