@@ -70,13 +70,17 @@ def cmd_local(args) -> int:
     return 0
 
 
-def _parse_vars(pairs: list[str]) -> dict[str, str]:
-    out = {}
+def _parse_vars(pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; a VALUE that is JSON (a list, a number) keeps its type."""
+    out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise MlclusterError(f"--var takes KEY=VALUE, not {pair!r}")
-        out[key] = value
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
     return out
 
 
@@ -90,12 +94,11 @@ def cmd_bake(args) -> int:
         tag = images.ensure_node_image(base_image=args.base_image, force=args.force, say=_say)
         print(tag)
         return 0
-    from . import bakeami
+    from .bakeami import build_ami
 
     if not args.flavor or not args.os:
         raise MlclusterError("--target ami needs --flavor (gpu|neuron|cpu) and --os")
-    ami = bakeami.build_ami(args.flavor, args.os, variables)
-    print(ami)
+    print(build_ami(args.flavor, args.os, variables))
     return 0
 
 

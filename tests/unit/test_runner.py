@@ -214,7 +214,12 @@ def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
         return 0
 
     monkeypatch.setattr("mlcluster.workload_run.run_case", fake_run_case)
-    assert cli.main(["run", "fsdp", "--nodes", "2", "--report", "r.json", "--",
-                     "--steps", "3"]) == 0
-    assert seen == {"case": "fsdp", "nodes": 2, "report": Path("r.json"),
-                    "extra_args": ["--steps", "3"]}
+    assert (
+        cli.main(["run", "fsdp", "--nodes", "2", "--report", "r.json", "--", "--steps", "3"]) == 0
+    )
+    assert seen == {
+        "case": "fsdp",
+        "nodes": 2,
+        "report": Path("r.json"),
+        "extra_args": ["--steps", "3"],
+    }

@@ -46,9 +46,16 @@ def test_summary_table_says_mfu_unknown_without_a_peak():
     from rich.console import Console
 
     console = Console(width=120, record=True)
-    summary = {"world_size": 2, "first_loss": 2.0, "final_loss": 0.5, "samples_per_s": 100.0,
-               "tokens_per_s": None, "tflops_per_device": 0.001, "mfu": None,
-               "step_time_s": 0.2}
+    summary = {
+        "world_size": 2,
+        "first_loss": 2.0,
+        "final_loss": 0.5,
+        "samples_per_s": 100.0,
+        "tokens_per_s": None,
+        "tflops_per_device": 0.001,
+        "mfu": None,
+        "step_time_s": 0.2,
+    }
     console.print(workload_run.summary_table("ddp", "7", "COMPLETED", [{}, {}], summary))
     text = console.export_text()
     assert "ddp (job 7): COMPLETED" in text

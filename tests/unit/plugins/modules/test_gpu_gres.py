@@ -177,13 +177,13 @@ def test_query_nvml_without_library():
     def loader(_name):
         raise OSError("libnvidia-ml.so.1: cannot open shared object file")
 
-    with pytest.raises(gpu_gres.DetectionError, match="cannot be loaded"):
+    with pytest.raises(gpu_gres.DetectionError, match=r"^no NVML library libnvidia-ml\.so\.1$"):
         gpu_gres.query_nvml(loader=loader)
 
 
 def test_query_nvidia_smi_missing(monkeypatch):
     monkeypatch.setattr(gpu_gres.shutil, "which", lambda _name: None)
-    with pytest.raises(gpu_gres.DetectionError, match="not found"):
+    with pytest.raises(gpu_gres.DetectionError, match=r"^no nvidia-smi$"):
         gpu_gres.query_nvidia_smi("nvidia-smi")
 
 

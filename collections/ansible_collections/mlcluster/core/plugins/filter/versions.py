@@ -41,7 +41,9 @@ EXAMPLES = r"""
     that: __errors | length == 0
     fail_msg: "{{ __errors | join('\n') }}"
   vars:
-    __errors: "{{ mlcluster_versions | mlcluster.core.version_errors('gpu', mirror_base=mlcluster_mirror_base | default('')) }}"
+    __errors: >-
+      {{ mlcluster_versions | mlcluster.core.version_errors('gpu',
+         mirror_base=mlcluster_mirror_base | default('')) }}
 
 - name: Download the EFA installer with its checksum
   ansible.builtin.get_url:
@@ -50,7 +52,9 @@ EXAMPLES = r"""
     dest: "/var/cache/mlcluster/{{ __dl.filename }}"
     mode: "0644"
   vars:
-    __dl: "{{ mlcluster_versions | mlcluster.core.download('efa', 'installer', mlcluster_mirror_base | default('')) }}"
+    __dl: >-
+      {{ mlcluster_versions | mlcluster.core.download('efa', 'installer',
+         mlcluster_mirror_base | default('')) }}
 """
 
 RETURN = r"""
@@ -130,7 +134,9 @@ def source_url(versions: dict, source: str, mirror_base: str = "") -> str:
     """Base URL of a download source or package repository, honouring the site mirror."""
     sources = versions.get("sources") or {}
     if source not in sources:
-        raise ValueError(f"unknown download source {source!r}; versions.yml defines {', '.join(sorted(sources))}")
+        raise ValueError(
+            f"unknown download source {source!r}; versions.yml defines {', '.join(sorted(sources))}"
+        )
     if mirror_base:
         return f"{mirror_base.rstrip('/')}/{source}"
     return str(sources[source]).rstrip("/")
@@ -159,7 +165,8 @@ def _rule_fabricmanager(comps: dict, present: set) -> list[str]:
     if fm is not None and str(fm) != str(driver.get("version")):
         return [
             f"nvidia_driver: Fabric Manager {fm} differs from the driver {driver.get('version')}; "
-            "they must be the same version or nvidia-fabricmanager refuses to start on NVSwitch systems."
+            "they must be the same version or nvidia-fabricmanager refuses to start on NVSwitch "
+            "systems."
         ]
     return []
 
@@ -178,7 +185,8 @@ def _rule_cuda_driver(comps: dict, present: set) -> list[str]:
         ]
     if version_tuple(driver) < version_tuple(minimum):
         return [
-            f"cuda_toolkit: CUDA {cuda} needs NVIDIA driver >= {minimum}; versions.yml pins {driver}. "
+            f"cuda_toolkit: CUDA {cuda} needs NVIDIA driver >= {minimum}; "
+            f"versions.yml pins {driver}. "
             "Raise nvidia_driver.version (and fabricmanager) or lower cuda_toolkit.version."
         ]
     return []
@@ -194,15 +202,16 @@ def _rule_nccl_cuda(comps: dict, present: set) -> list[str]:
         cuda = (comps.get("cuda_toolkit") or {}).get("version")
         if built_for != _major(cuda):
             errors.append(
-                f"nccl: NCCL {nccl.get('version')} is built for CUDA {nccl.get('cuda')} but the image "
-                f"has CUDA {cuda}; use the NCCL build for CUDA {_major(cuda)}.x."
+                f"nccl: NCCL {nccl.get('version')} is built for CUDA {nccl.get('cuda')} "
+                f"but the image has CUDA {cuda}; use the NCCL build for CUDA {_major(cuda)}.x."
             )
     wheel = (nccl.get("downloads") or {}).get("wheel")
     if wheel:
         match = _WHEEL_CUDA.search(str(wheel.get("path", "")))
         if match and int(match.group(1)) != built_for:
+            filename = str(wheel["path"]).rsplit("/", 1)[-1]
             errors.append(
-                f"nccl: the wheel {str(wheel['path']).rsplit('/', 1)[-1]} is for CUDA {match.group(1)} "
+                f"nccl: the wheel {filename} is for CUDA {match.group(1)} "
                 f"but nccl.cuda says {nccl.get('cuda')}."
             )
         if str(nccl.get("version")) not in str(wheel.get("path", "")):
@@ -217,28 +226,34 @@ def _rule_ofi_nccl(comps: dict, present: set) -> list[str]:
     requires = ofi.get("requires") or {}
     efa = comps.get("efa") or {}
     bundles = efa.get("bundles") or {}
+    plugin = f"aws_ofi_nccl: aws-ofi-nccl {ofi.get('version')}"
+    libfabric, needs_libfabric = bundles.get("libfabric"), requires.get("libfabric")
     errors = []
     if "efa" not in present:
-        errors.append("aws_ofi_nccl: the plugin needs libfabric from the efa component, which this flavour lacks.")
-    elif requires.get("libfabric") and bundles.get("libfabric"):
-        if version_tuple(bundles["libfabric"]) < version_tuple(requires["libfabric"]):
-            errors.append(
-                f"aws_ofi_nccl: aws-ofi-nccl {ofi.get('version')} needs libfabric >= {requires['libfabric']}; "
-                f"EFA installer {efa.get('version')} ships libfabric {bundles['libfabric']}."
-            )
+        errors.append(
+            "aws_ofi_nccl: the plugin needs libfabric from the efa component, "
+            "which this flavour lacks."
+        )
+    elif (
+        needs_libfabric and libfabric and version_tuple(libfabric) < version_tuple(needs_libfabric)
+    ):
+        errors.append(
+            f"{plugin} needs libfabric >= {needs_libfabric}; "
+            f"EFA installer {efa.get('version')} ships libfabric {libfabric}."
+        )
     if "nccl" in present and requires.get("nccl"):
         nccl_version = (comps.get("nccl") or {}).get("version")
         if version_tuple(nccl_version) < version_tuple(requires["nccl"]):
             errors.append(
-                f"aws_ofi_nccl: aws-ofi-nccl {ofi.get('version')} needs NCCL >= {requires['nccl']}; "
-                f"versions.yml pins NCCL {nccl_version}."
+                f"{plugin} needs NCCL >= {requires['nccl']}; versions.yml pins NCCL {nccl_version}."
             )
     bundled = bundles.get("aws_ofi_nccl")
     buildable = "source" in (ofi.get("downloads") or {})
     if str(ofi.get("version")) != str(bundled) and not buildable:
         errors.append(
-            f"aws_ofi_nccl: version {ofi.get('version')} is not the one EFA installer {efa.get('version')} "
-            f"bundles ({bundled}) and no source download is given to build it."
+            f"aws_ofi_nccl: version {ofi.get('version')} is not the one "
+            f"EFA installer {efa.get('version')} bundles ({bundled}) "
+            "and no source download is given to build it."
         )
     return errors
 
@@ -247,7 +262,9 @@ def _rule_downloads(versions: dict, present: set) -> list[str]:
     sources = versions.get("sources") or {}
     errors = []
     for component in sorted(present):
-        for name, entry in sorted(((_components(versions).get(component) or {}).get("downloads") or {}).items()):
+        for name, entry in sorted(
+            ((_components(versions).get(component) or {}).get("downloads") or {}).items()
+        ):
             label = f"{component}.downloads.{name}"
             entry = entry or {}
             if "url" in entry:
@@ -258,17 +275,16 @@ def _rule_downloads(versions: dict, present: set) -> list[str]:
                 continue
             if entry.get("source") not in sources:
                 errors.append(
-                    f"{label}: source {entry.get('source')!r} is not one of the sources in versions.yml "
-                    f"({', '.join(sorted(sources))})."
+                    f"{label}: source {entry.get('source')!r} is not one of the sources "
+                    f"in versions.yml ({', '.join(sorted(sources))})."
                 )
             path = str(entry.get("path") or "")
             if not path or "://" in path:
                 errors.append(f"{label}: `path` must be a path below its source, not {path!r}.")
             sha = entry.get("sha256")
             if not sha:
-                errors.append(
-                    f"{label}: no sha256; fill it in versions.yml (sha256sum of {sources.get(entry.get('source'), '?')}/{path})."
-                )
+                url = f"{sources.get(entry.get('source'), '?')}/{path}"
+                errors.append(f"{label}: no sha256; fill it in versions.yml (sha256sum of {url}).")
             elif not _SHA256.match(str(sha)):
                 errors.append(f"{label}: sha256 {sha!r} is not 64 lower-case hex digits.")
     return errors

@@ -1,0 +1,205 @@
+"""Filters that write Slurm configuration syntax (used by the slurm role's templates)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+DOCUMENTATION = r"""
+name: slurm_conf_lines
+author: mlcluster developers
+short_description: Turn a dict into Slurm C(Key=Value) items
+description:
+  - Returns one C(Key=Value) string per key of a dict, sorted by key, in the syntax of
+    slurm.conf, cgroup.conf and slurmdbd.conf. Booleans are written C(YES)/C(NO), lists are
+    joined with commas, and keys whose value is null or an empty string are left out (so a
+    user may remove a default by setting it to null).
+  - Values with spaces are quoted.
+  - Companion filters used by the slurm role, C(mlcluster.core.slurm_hostlist) writes node names
+    as a Slurm hostlist expression (C(compute[1-3,10])); C(mlcluster.core.slurm_node) turns one
+    host's variables (facts and the role's probe) into its NodeName parameters;
+    C(mlcluster.core.slurm_partition_list) turns partitions of inventory groups into
+    PartitionName parameters.
+positional: _input
+options:
+  _input:
+    description: The keys and values.
+    type: dict
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Write cgroup.conf
+  ansible.builtin.copy:
+    content: "{{ settings | mlcluster.core.slurm_conf_lines | join('\n') }}\n"
+    dest: /etc/slurm/cgroup.conf
+    mode: "0644"
+  vars:
+    settings: {ConstrainCores: true, AllowedRAMSpace: 100}
+
+- name: A partition's node list
+  ansible.builtin.debug:
+    msg: "Nodes={{ ['compute1', 'compute2', 'compute3'] | mlcluster.core.slurm_hostlist }}"
+"""
+
+RETURN = r"""
+_value:
+  description: C(Key=Value) strings sorted by key.
+  type: list
+  elements: str
+"""
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def slurm_value(value) -> str:
+    if isinstance(value, bool):
+        return "YES" if value else "NO"
+    if isinstance(value, list | tuple):
+        return ",".join(slurm_value(item) for item in value)
+    text = str(value)
+    if any(c.isspace() for c in text) and not (text.startswith('"') and text.endswith('"')):
+        return f'"{text}"'
+    return text
+
+
+def slurm_conf_lines(settings) -> list[str]:
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"slurm_conf_lines expects a dict, not {type(settings).__name__}")
+    lines = []
+    for key in sorted(settings, key=str):
+        value = settings[key]
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        lines.append(f"{key}={slurm_value(value)}")
+    return lines
+
+
+def _ranges(numbers: list[str]) -> str:
+    """``['1', '2', '3', '10']`` -> ``'1-3,10'``, keeping zero-padded widths apart."""
+    parts: list[str] = []
+    ordered = sorted(set(numbers), key=lambda n: (len(n), int(n)))
+    start = previous = ordered[0]
+    for number in [*ordered[1:], None]:
+        if number is not None and len(number) == len(previous) and int(number) == int(previous) + 1:
+            previous = number
+            continue
+        parts.append(start if start == previous else f"{start}-{previous}")
+        if number is not None:
+            start = previous = number
+    return ",".join(parts)
+
+
+def slurm_hostlist(names) -> str:
+    """Compress node names into a Slurm hostlist expression (order of first appearance)."""
+    groups: dict[str, list[str]] = {}
+    plain: list[str] = []
+    order: list[tuple[str, str]] = []
+    for name in names:
+        match = _NUMBERED.match(str(name))
+        if not match:
+            if name not in plain:
+                plain.append(str(name))
+                order.append(("plain", str(name)))
+            continue
+        prefix, number = match.groups()
+        if prefix not in groups:
+            groups[prefix] = []
+            order.append(("prefix", prefix))
+        groups[prefix].append(number)
+    items = []
+    for kind, key in order:
+        if kind == "plain":
+            items.append(key)
+            continue
+        numbers = groups[key]
+        ranges = _ranges(numbers)
+        items.append(f"{key}{ranges}" if len(set(numbers)) == 1 else f"{key}[{ranges}]")
+    return ",".join(items)
+
+
+def slurm_node(host_vars, reserve_percent: int = 5) -> dict:
+    """NodeName parameters of one compute node from its facts and the slurm role's probe.
+
+    The topology (Sockets, CoresPerSocket, ThreadsPerCore) is written only when it multiplies
+    to the CPU count; some virtual machines report a topology that does not, and Slurm would
+    then refuse the node.
+    """
+    facts = host_vars["ansible_facts"]
+    vcpus = int(facts.get("processor_vcpus") or 0)
+    sockets = int(facts.get("processor_count") or 0)
+    cores = int(facts.get("processor_cores") or 0)
+    threads = int(facts.get("processor_threads_per_core") or 0)
+    if not vcpus:
+        vcpus = sockets * cores * threads
+    if not 0 <= int(reserve_percent) < 100:
+        raise ValueError(f"reserve_percent must be 0-99, not {reserve_percent}")
+    address = (
+        (facts.get("default_ipv4") or {}).get("address")
+        or host_vars.get("ansible_host")
+        or facts["hostname"]
+    )
+    params = {
+        "NodeAddr": address,
+        "CPUs": vcpus,
+        "RealMemory": int(facts["memtotal_mb"]) * (100 - int(reserve_percent)) // 100,
+    }
+    if sockets and sockets * cores * threads == vcpus:
+        params.update(Sockets=sockets, CoresPerSocket=cores, ThreadsPerCore=threads)
+    gres = ((host_vars.get("__slurm_node_probe") or {}).get("gpu") or {}).get("gres")
+    if gres:
+        params["Gres"] = gres
+    params.update(host_vars.get("slurm_node_config") or {})
+    return {"host": host_vars["inventory_hostname"], "name": facts["hostname"], "params": params}
+
+
+def slurm_partition_list(partitions, nodes, groups, default_partition, defaults) -> list[dict]:
+    """PartitionName parameters: one partition of every node, then one per inventory group."""
+    name_of = {node["host"]: node["name"] for node in nodes}
+    explicit_default = any(p.get("default") for p in partitions)
+    result = []
+    if default_partition:
+        result.append(
+            {
+                "name": default_partition,
+                "params": {
+                    **defaults,
+                    "Nodes": slurm_hostlist([node["name"] for node in nodes]),
+                    "Default": not explicit_default,
+                },
+            }
+        )
+    for partition in partitions:
+        hosts = groups.get(partition["group"]) or []
+        unknown = [h for h in hosts if h not in name_of]
+        if not hosts or unknown:
+            raise ValueError(
+                f"partition {partition['name']}: group {partition['group']} "
+                + (
+                    f"holds hosts that are not compute nodes: {', '.join(unknown)}"
+                    if hosts
+                    else "has no hosts"
+                )
+            )
+        result.append(
+            {
+                "name": partition["name"],
+                "params": {
+                    **defaults,
+                    **(partition.get("config") or {}),
+                    "Nodes": slurm_hostlist([name_of[h] for h in hosts]),
+                    "Default": bool(partition.get("default")),
+                },
+            }
+        )
+    return result
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "slurm_conf_lines": slurm_conf_lines,
+            "slurm_hostlist": slurm_hostlist,
+            "slurm_node": slurm_node,
+            "slurm_partition_list": slurm_partition_list,
+        }

@@ -1,0 +1,869 @@
+#!/usr/bin/python
+"""Read back which accelerator components a node really has and write the image manifest."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: image_manifest
+author: mlcluster developers
+short_description: Read back the accelerator software a node really has and record it
+description:
+  - For each requested component (NVIDIA driver, CUDA toolkit, NCCL, EFA, aws-ofi-nccl,
+    GDRCopy, DCGM, container runtime, enroot/pyxis, Lustre client, Neuron, tuning) reads back
+    from the system what is installed, from the package database (dpkg or rpm), library files and
+    their embedded version strings, C(nvcc --version), C(fi_info), the DKMS state and
+    configuration files. Nothing is copied from versions.yml.
+  - Compares the result with what the bake intended, as recorded by the roles in O(claims_dir)
+    (source, expected version, pinned packages) or given in O(expected).
+  - Writes the result as JSON to O(dest) (only when it changed) and returns the components that
+    are missing and the versions that differ, so that the bake can fail with one message.
+  - Also reports the accelerator hardware it sees (GPUs, NVSwitches, EFA and Neuron devices) and
+    whether it runs in a container, so the manifest says what the bake could and could not run.
+options:
+  components:
+    description: Components to read back.
+    type: list
+    elements: str
+    required: true
+    choices:
+      - nvidia_driver
+      - cuda_toolkit
+      - nccl
+      - efa
+      - aws_ofi_nccl
+      - gdrcopy
+      - dcgm
+      - container_runtime
+      - enroot_pyxis
+      - lustre_client
+      - neuron
+      - tuning
+  required:
+    description: Components that must be present; defaults to all of O(components).
+    type: list
+    elements: str
+  claims_dir:
+    description:
+      - Directory of the JSON records the roles write at install time (C(<component>.json)).
+    type: path
+    default: /etc/mlcluster/components
+  expected:
+    description: Expected version per component; overrides the version of the role's record.
+    type: dict
+    default: {}
+  search_paths:
+    description:
+      - "Extra directories to look in, per component (for example C({nccl: [/opt/nccl/lib]}))."
+    type: dict
+    default: {}
+  extra:
+    description: Extra top-level keys for the manifest (image flavour, build id, ...).
+    type: dict
+    default: {}
+  dest:
+    description: Where to write the manifest; empty to only return it.
+    type: str
+    default: /etc/mlcluster/manifest.json
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Record what the image contains and fail if the flavour lacks something
+  mlcluster.core.image_manifest:
+    components: [nvidia_driver, cuda_toolkit, nccl, efa]
+    extra:
+      flavor: gpu
+  register: _manifest
+
+- name: Fail the bake on a missing component or a version drift
+  ansible.builtin.assert:
+    that: _manifest.missing == [] and _manifest.mismatches == []
+    fail_msg: "{{ (_manifest.missing + _manifest.mismatches) | join('; ') }}"
+
+- name: Only read back NCCL, looking in a wheel prefix too
+  mlcluster.core.image_manifest:
+    components: [nccl]
+    search_paths:
+      nccl: [/opt/nccl/lib]
+    expected:
+      nccl: 2.29.3
+    dest: ""
+"""
+
+RETURN = r"""
+manifest:
+  description: What was read back (also the content of O(dest)).
+  returned: always
+  type: dict
+  contains:
+    host:
+      description: Distribution, kernel, architecture and whether the node is a container.
+      type: dict
+    hardware:
+      description:
+        - Accelerator devices seen (GPUs, NVSwitches and EFA on the PCI bus, Neuron device nodes).
+      type: dict
+    components:
+      description:
+        - One entry per component with C(present), C(version) and component-specific details.
+      type: dict
+missing:
+  description: One message per required component that is not installed.
+  returned: always
+  type: list
+  elements: str
+mismatches:
+  description:
+    - One message per component or package whose installed version differs from the expected one.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import fnmatch  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import mmap  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+COMPONENTS = [
+    "nvidia_driver",
+    "cuda_toolkit",
+    "nccl",
+    "efa",
+    "aws_ofi_nccl",
+    "gdrcopy",
+    "dcgm",
+    "container_runtime",
+    "enroot_pyxis",
+    "lustre_client",
+    "neuron",
+    "tuning",
+]
+
+LIB_DIRS = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+]
+MODPROBE_DIRS = ["/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d", "/run/modprobe.d"]
+CONTAINER_MARKERS = ["/run/.containerenv", "/.dockerenv"]
+
+# ---------------------------------------------------------------------------------------------
+# Parsers: pure functions over command output or file content (unit-tested).
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_dpkg_query(text: str) -> dict[str, str]:
+    """Installed packages {name: version} from
+    ``dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'``."""
+    packages = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].strip().startswith("ii"):
+            packages[parts[0]] = parts[1]
+    return packages
+
+
+def parse_rpm_qa(text: str) -> dict[str, str]:
+    """``rpm -qa --qf '%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n'`` -> {name: version}."""
+    packages = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[0]:
+            version = parts[1][2:] if parts[1].startswith("0:") else parts[1]
+            packages[parts[0]] = version
+    return packages
+
+
+def strip_epoch(version: str | None) -> str | None:
+    if version is None:
+        return None
+    return version.split(":", 1)[1] if re.match(r"^\d+:", version) else version
+
+
+def versions_match(expected: str | None, actual: str | None) -> bool:
+    """``expected`` equals ``actual`` or is a prefix of it at a component boundary.
+
+    '580.95.05' matches '580.95.05-0ubuntu1' and '1:580.95.05-1.amzn2023'; '12.9' matches
+    '12.9.1'; '2.29.3' does not match '2.29.30'.
+    """
+    if expected is None:
+        return True
+    if actual is None:
+        return False
+    expected, actual = str(strip_epoch(str(expected))), str(strip_epoch(str(actual)))
+    if actual == expected:
+        return True
+    return actual.startswith(expected) and actual[len(expected)] in ".-+~_"
+
+
+def parse_nvcc_version(text: str) -> str | None:
+    """'Cuda compilation tools, release 12.9, V12.9.86' -> '12.9.86'."""
+    match = re.search(r"release (\d+\.\d+), V(\d+(?:\.\d+)+)", text)
+    if match:
+        return match.group(2)
+    match = re.search(r"release (\d+\.\d+)", text)
+    return match.group(1) if match else None
+
+
+def parse_cuda_version_json(text: str) -> str | None:
+    """/usr/local/cuda/version.json -> the toolkit release ('12.9.1')."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return (data.get("cuda") or {}).get("version")
+
+
+NCCL_VERSION = re.compile(rb"NCCL version (\d+\.\d+\.\d+)[^+\x00]*\+cuda(\d+\.\d+)")
+
+
+def parse_nccl_binary(blob) -> tuple[str | None, str | None]:
+    """The version string compiled into libnccl ('NCCL version 2.29.3+cuda12.9')."""
+    match = NCCL_VERSION.search(blob)
+    if not match:
+        return None, None
+    return match.group(1).decode(), match.group(2).decode()
+
+
+def parse_nccl_header(text: str) -> str | None:
+    """nccl.h -> '2.29.3' from NCCL_MAJOR/NCCL_MINOR/NCCL_PATCH."""
+    parts = [
+        re.search(rf"#define NCCL_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")
+    ]
+    if not all(parts):
+        return None
+    return ".".join(part.group(1) for part in parts)
+
+
+def parse_fi_info_version(text: str) -> str | None:
+    """``fi_info --version`` -> the libfabric version ('1.17.0', '2.1.0amzn2.0')."""
+    match = re.search(r"^libfabric:\s*(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def parse_fi_info_providers(text: str) -> list[str]:
+    """``fi_info -l`` -> provider names (core providers, without ;ofi_rxm-style layering)."""
+    return sorted(
+        {
+            line[:-1].split(";")[0]
+            for line in text.splitlines()
+            if re.match(r"^[A-Za-z0-9_;]+:$", line)
+        }
+    )
+
+
+def parse_efa_installed_packages(text: str) -> str | None:
+    """/opt/amazon/efa_installed_packages -> the installer version ('1.41.0')."""
+    match = re.search(r"EFA installer version:\s*(\S+)", text)
+    return match.group(1) if match else None
+
+
+def parse_dkms_status(text: str) -> list[dict]:
+    """``dkms status`` (old and new formats) -> [{module, version, kernel, arch, state}]."""
+    entries = []
+    for line in text.splitlines():
+        match = re.match(
+            r"^([^/,\s]+)[/,]\s*([^,:\s]+)(?:,\s*([^,:]+))?(?:,\s*([^:]+))?:\s*(.+)$", line.strip()
+        )
+        if match:
+            module, version, kernel, arch, state = match.groups()
+            entries.append(
+                {
+                    "module": module,
+                    "version": version,
+                    "kernel": kernel,
+                    "arch": arch,
+                    "state": state.strip(),
+                }
+            )
+    return entries
+
+
+def parse_proc_driver_version(text: str) -> str | None:
+    """/proc/driver/nvidia/version -> the loaded kernel module's version."""
+    match = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
+def version_from_soname(path: str, stem: str) -> str | None:
+    """'/usr/lib/.../libnvidia-ml.so.535.261.03' -> '535.261.03' (for stem 'libnvidia-ml.so')."""
+    name = os.path.basename(path)
+    if not name.startswith(stem + "."):
+        return None
+    suffix = name[len(stem) + 1 :]
+    return suffix if re.match(r"^\d+(?:\.\d+){1,3}$", suffix) and suffix.count(".") >= 1 else None
+
+
+def parse_first_version(text: str, pattern: str) -> str | None:
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def nouveau_blacklisted(texts: list[str]) -> bool:
+    return any(re.search(r"^\s*blacklist\s+nouveau\s*$", text, re.MULTILINE) for text in texts)
+
+
+def parse_key_values(text: str) -> dict[str, str]:
+    """sysctl.d / systemd drop-in style 'key=value' lines (comments and sections skipped)."""
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;[" or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def split_package_spec(spec: str, installed: dict[str, str]) -> tuple[str, str | None]:
+    """Package name and version pattern of an apt or dnf install spec.
+
+    'nvidia-utils-580=580.95.05-*' -> (name, '580.95.05-*');
+    'nvidia-driver-cuda-580.95.05' -> ('nvidia-driver-cuda', '580.95.05').
+    """
+    if "=" in spec:
+        name, version = spec.split("=", 1)
+        return name, version
+    if spec in installed:
+        return spec, None
+    match = re.match(r"^(.*?)-(\d[\w.:+~]*)$", spec)
+    if match:
+        return match.group(1), match.group(2)
+    return spec, None
+
+
+def package_version_ok(pattern: str | None, installed_version: str) -> bool:
+    if pattern is None:
+        return True
+    installed = strip_epoch(installed_version) or ""
+    pattern = strip_epoch(pattern) or ""
+    if any(char in pattern for char in "*?["):
+        return fnmatch.fnmatch(installed, pattern)
+    return versions_match(pattern, installed)
+
+
+def compare_claim(
+    name: str, claim: dict, info: dict, installed: dict[str, str], expected: str | None
+) -> list[str]:
+    """Version drift between what a role intended (claim / expected) and what is installed."""
+    problems = []
+    want = expected if expected is not None else claim.get("version")
+    if want is not None and info.get("present"):
+        have = info.get("version")
+        if have is None:
+            problems.append(
+                f"{name}: expected version {want}, but the installed version cannot be read back"
+            )
+        elif not versions_match(str(want), str(have)):
+            problems.append(f"{name}: expected version {want}, found {have}")
+    for spec in claim.get("packages") or []:
+        pkg, pattern = split_package_spec(str(spec), installed)
+        if pkg not in installed:
+            problems.append(f"{name}: package {pkg} is not installed")
+        elif not package_version_ok(pattern, installed[pkg]):
+            problems.append(f"{name}: package {pkg} is {installed[pkg]}, expected {pattern}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes: read the system.
+# ---------------------------------------------------------------------------------------------
+
+
+class Node:
+    """Access to the system, with caching; the probes use only this."""
+
+    def __init__(self, module: AnsibleModule, search_paths: dict):
+        self.module = module
+        self.search_paths = {k: list(v or []) for k, v in (search_paths or {}).items()}
+        self._packages: dict[str, str] | None = None
+        self._ldconfig: dict[str, str] | None = None
+
+    def run(self, argv: list[str]) -> str | None:
+        exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
+        if not exe or not os.access(exe, os.X_OK):
+            return None
+        rc, out, err = self.module.run_command([exe, *argv[1:]])
+        return out + err if rc == 0 else None
+
+    @staticmethod
+    def read(path: str) -> str | None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    @staticmethod
+    def search_binary(path: str, pattern: re.Pattern) -> tuple[str, ...] | None:
+        """Groups of the first match of a bytes ``pattern`` in a (possibly large) file."""
+        try:
+            with (
+                open(path, "rb") as handle,
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+            ):
+                match = pattern.search(data)
+                return tuple(group.decode() for group in match.groups()) if match else None
+        except (OSError, ValueError):
+            return None
+
+    def packages(self) -> dict[str, str]:
+        if self._packages is None:
+            out = self.run(
+                ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"]
+            )
+            if out is not None:
+                self._packages = parse_dpkg_query(out)
+            else:
+                out = self.run(
+                    ["rpm", "-qa", "--qf", "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"]
+                )
+                self._packages = parse_rpm_qa(out or "")
+        return self._packages
+
+    def packages_matching(self, *patterns: str) -> dict[str, str]:
+        return {
+            name: version
+            for name, version in sorted(self.packages().items())
+            if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
+        }
+
+    def ldconfig(self) -> dict[str, str]:
+        if self._ldconfig is None:
+            self._ldconfig = {}
+            out = self.run(["ldconfig", "-p"]) or self.run(["/sbin/ldconfig", "-p"]) or ""
+            for line in out.splitlines():
+                match = re.match(r"^\s*(\S+)\s.*=>\s*(\S+)$", line)
+                if match and match.group(1) not in self._ldconfig:
+                    self._ldconfig[match.group(1)] = match.group(2)
+        return self._ldconfig
+
+    def find_library(
+        self, component: str, names: list[str], extra_dirs: tuple[str, ...] = ()
+    ) -> str | None:
+        dirs = [*self.search_paths.get(component, []), *extra_dirs, *LIB_DIRS]
+        for name in names:
+            for directory in dirs:
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    return path
+            if name in self.ldconfig() and os.path.exists(self.ldconfig()[name]):
+                return self.ldconfig()[name]
+        return None
+
+    def find_executable(
+        self, component: str, name: str, extra_dirs: tuple[str, ...] = ()
+    ) -> str | None:
+        for directory in [*self.search_paths.get(component, []), *extra_dirs]:
+            path = os.path.join(directory, name)
+            if os.access(path, os.X_OK):
+                return path
+        return shutil.which(name)
+
+
+def probe_hardware() -> dict:
+    counts = {"nvidia_gpus": 0, "nvswitches": 0, "efa_devices": 0, "neuron_devices": 0}
+    for device in glob.glob("/sys/bus/pci/devices/*"):
+        vendor = (Node.read(os.path.join(device, "vendor")) or "").strip()
+        dev_id = (Node.read(os.path.join(device, "device")) or "").strip()
+        klass = (Node.read(os.path.join(device, "class")) or "").strip()
+        if vendor == "0x10de" and klass.startswith("0x03"):
+            counts["nvidia_gpus"] += 1
+        elif vendor == "0x10de" and klass.startswith("0x0680"):
+            counts["nvswitches"] += 1
+        elif vendor == "0x1d0f" and dev_id.startswith("0xefa"):
+            counts["efa_devices"] += 1
+    # The Neuron driver creates one node per device at boot; their PCI ids vary by generation.
+    counts["neuron_devices"] = len(glob.glob("/dev/neuron[0-9]*"))
+    return counts
+
+
+def in_container() -> bool:
+    if any(os.path.exists(marker) for marker in CONTAINER_MARKERS):
+        return True
+    return bool(re.search(r"\b(container|podman|docker|lxc)\b", Node.read("/proc/1/environ") or ""))
+
+
+def kernels_with_module(pattern: str) -> list[str]:
+    found = set()
+    for path in glob.glob(f"/lib/modules/*/**/{pattern}", recursive=True):
+        found.add(path.split("/")[3])
+    return sorted(found)
+
+
+def probe_nvidia_driver(node: Node) -> dict:
+    lib = node.find_library("nvidia_driver", ["libnvidia-ml.so.1"])
+    real = os.path.realpath(lib) if lib else None
+    version = version_from_soname(real, "libnvidia-ml.so") if real else None
+    loaded = parse_proc_driver_version(node.read("/proc/driver/nvidia/version") or "")
+    dkms = [
+        e for e in parse_dkms_status(node.run(["dkms", "status"]) or "") if "nvidia" in e["module"]
+    ]
+    modprobe_texts = [
+        node.read(path) or "" for d in MODPROBE_DIRS for path in sorted(glob.glob(f"{d}/*.conf"))
+    ]
+    fabricmanager = node.find_executable("nvidia_driver", "nv-fabricmanager")
+    return {
+        "present": lib is not None,
+        "version": loaded or version,
+        "library": real,
+        "loaded_version": loaded,
+        "packages": node.packages_matching(
+            "nvidia-*",
+            "libnvidia-*",
+            "libcuda*",
+            "kmod-nvidia*",
+            "cuda-drivers*",
+            "firmware-nvidia*",
+        ),
+        "dkms": dkms,
+        "kernels_with_module": kernels_with_module("nvidia.ko*"),
+        "nouveau_blacklisted": nouveau_blacklisted(modprobe_texts),
+        "persistenced": node.find_executable("nvidia_driver", "nvidia-persistenced") is not None,
+        "fabricmanager": fabricmanager is not None,
+        "fabricmanager_version": parse_first_version(
+            node.run([fabricmanager, "--version"]) or "", r"version is\s*:\s*(\S+)"
+        )
+        if fabricmanager
+        else None,
+    }
+
+
+def probe_cuda_toolkit(node: Node) -> dict:
+    homes = [
+        *node.search_paths.get("cuda_toolkit", []),
+        "/usr/local/cuda",
+        *sorted(glob.glob("/usr/local/cuda-*"), reverse=True),
+    ]
+    for home in homes:
+        nvcc = os.path.join(home, "bin", "nvcc")
+        if os.access(nvcc, os.X_OK):
+            nvcc_version = parse_nvcc_version(node.run([nvcc, "--version"]) or "")
+            release = parse_cuda_version_json(node.read(os.path.join(home, "version.json")) or "")
+            return {
+                "present": True,
+                "version": release or nvcc_version,
+                "cuda_home": os.path.realpath(home),
+                "nvcc_version": nvcc_version,
+            }
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        nvcc_version = parse_nvcc_version(node.run([nvcc, "--version"]) or "")
+        return {
+            "present": True,
+            "version": nvcc_version,
+            "cuda_home": os.path.dirname(os.path.dirname(nvcc)),
+            "nvcc_version": nvcc_version,
+        }
+    return {"present": False, "version": None}
+
+
+def probe_nccl(node: Node) -> dict:
+    lib = node.find_library("nccl", ["libnccl.so.2"], ("/opt/nccl/lib",))
+    if not lib:
+        return {"present": False, "version": None}
+    real = os.path.realpath(lib)
+    version, cuda = node.search_binary(real, NCCL_VERSION) or (None, None)
+    tests = node.find_executable("nccl", "all_reduce_perf", ("/opt/nccl-tests/bin",))
+    return {
+        "present": True,
+        "version": version,
+        "cuda": cuda,
+        "library": real,
+        "packages": node.packages_matching("libnccl*"),
+        "nccl_tests": tests,
+    }
+
+
+def probe_efa(node: Node) -> dict:
+    installer = parse_efa_installed_packages(node.read("/opt/amazon/efa_installed_packages") or "")
+    fi_info = node.find_executable("efa", "fi_info", ("/opt/amazon/efa/bin",))
+    libfabric = parse_fi_info_version(node.run([fi_info, "--version"]) or "") if fi_info else None
+    providers = parse_fi_info_providers(node.run([fi_info, "-l"]) or "") if fi_info else []
+    return {
+        "present": fi_info is not None,
+        "version": installer or libfabric,
+        "installer_version": installer,
+        "libfabric_version": libfabric,
+        "fi_info": fi_info,
+        "providers": providers,
+        "efa_provider": "efa" in providers,
+        "kernels_with_module": kernels_with_module("efa.ko*"),
+    }
+
+
+def probe_aws_ofi_nccl(node: Node) -> dict:
+    names = ["libnccl-net-ofi.so", "libnccl-net.so", "libnccl-net-aws-ofi.so"]
+    dirs = (
+        "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu",
+        "/opt/amazon/ofi-nccl/lib/aarch64-linux-gnu",
+        "/opt/amazon/ofi-nccl/lib64",
+        "/opt/amazon/ofi-nccl/lib",
+        "/opt/aws-ofi-nccl/lib",
+    )
+    lib = node.find_library("aws_ofi_nccl", names, dirs)
+    packages = node.packages_matching("libnccl-ofi*", "aws-ofi-nccl*")
+    version = strip_epoch(next(iter(packages.values()), None))
+    if version is None and lib:
+        found = node.search_binary(
+            os.path.realpath(lib), re.compile(rb"aws-ofi-nccl[ -]v?(\d+\.\d+\.\d+)")
+        )
+        version = found[0] if found else None
+    return {"present": lib is not None, "version": version, "library": lib, "packages": packages}
+
+
+def probe_gdrcopy(node: Node) -> dict:
+    lib = node.find_library(
+        "gdrcopy", ["libgdrapi.so.2"], ("/opt/gdrcopy/lib", "/opt/gdrcopy/lib64")
+    )
+    real = os.path.realpath(lib) if lib else None
+    return {
+        "present": lib is not None,
+        "version": version_from_soname(real, "libgdrapi.so") if real else None,
+        "library": real,
+        "kernels_with_module": kernels_with_module("gdrdrv.ko*"),
+    }
+
+
+def probe_dcgm(node: Node) -> dict:
+    packages = node.packages_matching("datacenter-gpu-manager*")
+    core = next(
+        (v for k, v in packages.items() if k.endswith("-core") or k == "datacenter-gpu-manager"),
+        None,
+    )
+    core = core or next(iter(packages.values()), None)
+    return {
+        "present": node.find_executable("dcgm", "dcgmi") is not None,
+        "version": strip_epoch(core),
+        "packages": packages,
+    }
+
+
+def probe_container_runtime(node: Node) -> dict:
+    docker = node.find_executable("container_runtime", "docker")
+    ctk = node.find_executable("container_runtime", "nvidia-ctk")
+    return {
+        "present": docker is not None,
+        "version": parse_first_version(node.run([docker, "--version"]) or "", r"version ([^,\s]+)")
+        if docker
+        else None,
+        "nvidia_container_toolkit": parse_first_version(
+            node.run([ctk, "--version"]) or "", r"version (\d+\.\d+\.\d+)"
+        )
+        if ctk
+        else None,
+        "daemon_json": os.path.exists("/etc/docker/daemon.json"),
+    }
+
+
+def probe_enroot_pyxis(node: Node) -> dict:
+    enroot = node.find_executable("enroot_pyxis", "enroot")
+    pyxis = node.find_library(
+        "enroot_pyxis",
+        ["spank_pyxis.so"],
+        (
+            "/usr/local/lib/slurm",
+            "/usr/lib/x86_64-linux-gnu/slurm",
+            "/usr/lib64/slurm",
+            "/opt/slurm/lib/slurm",
+        ),
+    )
+    return {
+        "present": enroot is not None,
+        "version": (node.run([enroot, "version"]) or "").strip() or None if enroot else None,
+        "pyxis": pyxis,
+    }
+
+
+def probe_lustre_client(node: Node) -> dict:
+    lfs = node.find_executable("lustre_client", "lfs")
+    return {
+        "present": lfs is not None,
+        "version": parse_first_version(node.run([lfs, "--version"]) or "", r"lfs\s+(\S+)")
+        if lfs
+        else None,
+        "packages": node.packages_matching("lustre-client*"),
+        "kernels_with_module": kernels_with_module("lustre.ko*"),
+    }
+
+
+def probe_neuron(node: Node) -> dict:
+    packages = node.packages_matching("aws-neuronx-*")
+    runtime = packages.get("aws-neuronx-runtime-lib")
+    return {
+        "present": runtime is not None
+        or node.find_library("neuron", ["libnrt.so.1"], ("/opt/aws/neuron/lib",)) is not None,
+        "version": strip_epoch(runtime),
+        "packages": packages,
+        "neuron_ls": node.find_executable("neuron", "neuron-ls", ("/opt/aws/neuron/bin",)),
+    }
+
+
+def probe_tuning(node: Node) -> dict:
+    sysctl = node.read("/etc/sysctl.d/95-mlcluster-tuning.conf")
+    limits = node.read("/etc/systemd/system.conf.d/90-mlcluster-limits.conf")
+    return {
+        "present": sysctl is not None,
+        "version": None,
+        "sysctl": parse_key_values(sysctl or ""),
+        "systemd_limits": parse_key_values(limits or ""),
+        "transparent_hugepage": os.path.exists("/etc/tmpfiles.d/mlcluster-thp.conf"),
+    }
+
+
+PROBES = {name: globals()[f"probe_{name}"] for name in COMPONENTS}
+
+MISSING_HINTS = {
+    "nvidia_driver": "no NVIDIA driver library (libnvidia-ml.so.1)",
+    "cuda_toolkit": "no nvcc under /usr/local/cuda*",
+    "nccl": "no libnccl.so.2",
+    "efa": "no fi_info (libfabric)",
+    "aws_ofi_nccl": "no aws-ofi-nccl plugin (libnccl-net*.so)",
+    "gdrcopy": "no libgdrapi.so.2",
+    "dcgm": "no dcgmi",
+    "container_runtime": "no docker",
+    "enroot_pyxis": "no enroot",
+    "lustre_client": "no lfs",
+    "neuron": "no Neuron runtime (aws-neuronx-runtime-lib)",
+    "tuning": "no /etc/sysctl.d/95-mlcluster-tuning.conf",
+}
+
+
+def read_claims(claims_dir: str) -> dict[str, dict]:
+    claims = {}
+    for path in sorted(glob.glob(os.path.join(claims_dir, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        claims[data.get("component") or os.path.basename(path)[:-5]] = data
+    return claims
+
+
+def build_manifest(node: Node, components: list[str], claims: dict, extra: dict) -> dict:
+    manifest = {
+        "schema": 1,
+        "generated_by": "mlcluster.core.image_manifest",
+        "host": {
+            "os": " ".join(
+                filter(
+                    None,
+                    [
+                        parse_first_version(
+                            node.read("/etc/os-release") or "", r'^NAME="?([^"\n]+)'
+                        ),
+                        parse_first_version(
+                            node.read("/etc/os-release") or "", r'^VERSION_ID="?([^"\n]+)'
+                        ),
+                    ],
+                )
+            ),
+            "kernel": platform.release(),
+            "architecture": platform.machine(),
+            "in_container": in_container(),
+        },
+        "hardware": probe_hardware(),
+        "components": {},
+    }
+    for name in components:
+        info = PROBES[name](node)
+        claim = claims.get(name)
+        if claim:
+            info["source"] = claim.get("source")
+            info["expected_version"] = claim.get("version")
+        manifest["components"][name] = info
+    manifest.update(extra or {})
+    return manifest
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "components": {
+                "type": "list",
+                "elements": "str",
+                "required": True,
+                "choices": COMPONENTS,
+            },
+            "required": {"type": "list", "elements": "str", "choices": COMPONENTS},
+            "claims_dir": {"type": "path", "default": "/etc/mlcluster/components"},
+            "expected": {"type": "dict", "default": {}},
+            "search_paths": {"type": "dict", "default": {}},
+            "extra": {"type": "dict", "default": {}},
+            "dest": {"type": "str", "default": "/etc/mlcluster/manifest.json"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    components = params["components"]
+    required = params["required"] if params["required"] is not None else components
+    node = Node(module, params["search_paths"])
+    claims = read_claims(params["claims_dir"])
+    manifest = build_manifest(node, components, claims, params["extra"])
+
+    missing = [
+        f"{name}: {MISSING_HINTS[name]}"
+        for name in required
+        if not manifest["components"].get(name, {}).get("present")
+    ]
+    mismatches = []
+    installed = node.packages()
+    for name in components:
+        mismatches += compare_claim(
+            name,
+            claims.get(name) or {},
+            manifest["components"][name],
+            installed,
+            params["expected"].get(name),
+        )
+
+    content = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    changed = False
+    diff = {}
+    dest = params["dest"]
+    if dest:
+        before = Node.read(dest)
+        changed = before != content
+        diff = {
+            "before": before or "",
+            "after": content,
+            "before_header": dest,
+            "after_header": dest,
+        }
+        if changed and not module.check_mode:
+            directory = os.path.dirname(dest) or "."
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest.")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            module.atomic_move(tmp, dest)
+    result = {
+        "changed": changed,
+        "manifest": manifest,
+        "missing": missing,
+        "mismatches": mismatches,
+    }
+    if module._diff and changed:
+        result["diff"] = diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+# Accelerator node AMIs (gpu, neuron, cpu flavours) on Ubuntu 22.04/24.04 or Amazon Linux 2023:
+# one amazon-ebs source, provisioned by playbooks/bake.yml through Ansible, tagged with the
+# component versions from versions.yml, and the AMI id written by the manifest post-processor
+# (src/mlcluster/bakeami.py reads it back).
+
+# Packer 1.6.6 resolves only short chains of locals, so each one is computed from variables,
+# path.root and at most one other local.
+locals {
+  versions = yamldecode(file("${abspath(path.root)}/../../versions.yml")).mlcluster_versions
+
+  # Base images: the newest official image of each operating system.
+  base = {
+    "ubuntu22.04" = {
+      name        = "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+      owner       = "099720109477"
+      ssh_user    = "ubuntu"
+      root_device = "/dev/sda1"
+    }
+    "ubuntu24.04" = {
+      name        = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+      owner       = "099720109477"
+      ssh_user    = "ubuntu"
+      root_device = "/dev/sda1"
+    }
+    "al2023" = {
+      name        = "al2023-ami-2023.*-kernel-6.1-x86_64"
+      owner       = "137112412989"
+      ssh_user    = "ec2-user"
+      root_device = "/dev/xvda"
+    }
+  }[var.os]
+
+  # One tag per component of the flavour, with the version versions.yml pins it to.
+  component_tags = {
+    for name, component in local.versions.components :
+    "mlcluster:${name}" => "${try(component.version, component.sdk, component.enroot, component.nvidia_container_toolkit)}"
+    if contains(local.versions.flavors[var.flavor], name)
+  }
+  name_tags = {
+    "Name"             = "${var.ami_name_prefix}-${var.flavor}-${var.os}"
+    "mlcluster:flavor" = var.flavor
+    "mlcluster:os"     = var.os
+  }
+  timestamp = formatdate("YYYYMMDD-hhmmss", timestamp())
+}
+
+source "amazon-ebs" "node" {
+  region        = var.region
+  instance_type = var.instance_type
+  subnet_id     = var.subnet_id == "" ? null : var.subnet_id
+  ami_name      = "${var.ami_name_prefix}-${var.flavor}-${var.os}-${local.timestamp}"
+  ena_support   = true
+
+  source_ami_filter {
+    filters = {
+      name                = local.base.name
+      architecture        = "x86_64"
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+    }
+    owners      = [local.base.owner]
+    most_recent = true
+  }
+
+  ssh_username = local.base.ssh_user
+
+  launch_block_device_mappings {
+    device_name = local.base.root_device
+    volume_size = var.volume_size
+    volume_type = "gp3"
+    # gp3's baseline, stated: Packer 1.6.6 rejects a gp3 volume without them.
+    iops                  = 3000
+    throughput            = 125
+    delete_on_termination = true
+  }
+
+  tags          = merge(local.component_tags, local.name_tags)
+  snapshot_tags = merge(local.component_tags, local.name_tags)
+  run_tags      = merge(local.component_tags, local.name_tags, { "Name" = "packer-${var.ami_name_prefix}-${var.flavor}-${var.os}" })
+}
+
+build {
+  sources = ["source.amazon-ebs.node"]
+
+  provisioner "ansible" {
+    playbook_file = "${abspath(path.root)}/../../playbooks/bake.yml"
+    user          = local.base.ssh_user
+    # Connect straight to the instance: Packer's SSH proxy offers only ssh-rsa (1.6.6) and adds
+    # nothing on EC2.
+    use_proxy = false
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${abspath(path.root)}/../../ansible.cfg",
+      "ANSIBLE_ROLES_PATH=${abspath(path.root)}/../../roles",
+      "ANSIBLE_COLLECTIONS_PATH=${abspath(path.root)}/../../collections",
+    ]
+    extra_arguments = concat(
+      [
+        "--extra-vars", "mlcluster_image_flavor=${var.flavor}",
+        "--extra-vars", "mlcluster_mirror_base=${var.mirror_base}",
+        "--extra-vars", "mlcluster_manifest_fetch_dir=${abspath(dirname(var.manifest_path))}",
+      ],
+      var.ansible_extra_arguments,
+    )
+  }
+
+  post-processor "manifest" {
+    output     = var.manifest_path
+    strip_path = true
+    custom_data = {
+      flavor = var.flavor
+      os     = var.os
+    }
+  }
+}

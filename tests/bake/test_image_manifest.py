@@ -1,0 +1,279 @@
+"""The read-back logic of the image_manifest module: parsers over real command output and
+files, the version comparisons, and the module itself run on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, load_plugin
+
+m = load_plugin("modules", "image_manifest")
+
+
+def test_dpkg_query_keeps_installed_packages_only():
+    text = (
+        "nvidia-smi\t535.261.03-1\tii \n"
+        "libnccl2\t2.29.3-1+cuda12.9\tii \n"
+        "nvidia-kernel-dkms\t535.261.03-1\trc \n"
+        "broken\n"
+    )
+    assert m.parse_dpkg_query(text) == {
+        "nvidia-smi": "535.261.03-1",
+        "libnccl2": "2.29.3-1+cuda12.9",
+    }
+
+
+def test_rpm_qa_drops_a_zero_epoch():
+    text = "kmod-nvidia-open-dkms\t3:580.95.05-1.amzn2023\nlibnccl\t0:2.29.3-1+cuda12.9\n"
+    assert m.parse_rpm_qa(text) == {
+        "kmod-nvidia-open-dkms": "3:580.95.05-1.amzn2023",
+        "libnccl": "2.29.3-1+cuda12.9",
+    }
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "ok"),
+    [
+        ("580.95.05", "580.95.05", True),
+        ("580.95.05", "580.95.05-0ubuntu1", True),
+        ("580.95.05", "3:580.95.05-1.amzn2023", True),
+        ("12.9", "12.9.1", True),
+        ("2.29.3", "2.29.30", False),
+        ("1.41.0", "1.40.0", False),
+        ("2.29.3", None, False),
+        (None, "anything", True),
+    ],
+)
+def test_versions_match(expected, actual, ok):
+    assert m.versions_match(expected, actual) is ok
+
+
+def test_nvcc_version():
+    text = (
+        "nvcc: NVIDIA (R) Cuda compiler driver\n"
+        "Copyright (c) 2005-2025 NVIDIA Corporation\n"
+        "Built on Tue_May_27_02:21:03_PDT_2025\n"
+        "Cuda compilation tools, release 12.9, V12.9.86\n"
+        "Build cuda_12.9.r12.9/compiler.36037853_0\n"
+    )
+    assert m.parse_nvcc_version(text) == "12.9.86"
+    assert m.parse_nvcc_version("Cuda compilation tools, release 11.8") == "11.8"
+
+
+def test_cuda_version_json():
+    text = json.dumps(
+        {"cuda": {"name": "CUDA SDK", "version": "12.9.1"}, "cuda_cudart": {"version": "12.9.79"}}
+    )
+    assert m.parse_cuda_version_json(text) == "12.9.1"
+    assert m.parse_cuda_version_json("not json") is None
+
+
+def test_nccl_version_from_the_library_bytes():
+    blob = b"\x00garbage\x00NCCL version 2.29.3+cuda12.9\x00Mismatched NCCL version\x00"
+    assert m.parse_nccl_binary(blob) == ("2.29.3", "12.9")
+    assert m.parse_nccl_binary(b"NCCL version %d.%d") == (None, None)
+
+
+def test_nccl_version_from_the_header():
+    text = (
+        "#define NCCL_MAJOR 2\n#define NCCL_MINOR 29\n#define NCCL_PATCH 3\n"
+        '#define NCCL_SUFFIX ""\n'
+    )
+    assert m.parse_nccl_header(text) == "2.29.3"
+
+
+def test_fi_info_version_and_providers():
+    assert (
+        m.parse_fi_info_version("fi_info: 1.17.0\nlibfabric: 1.17.0\nlibfabric api: 1.17\n")
+        == "1.17.0"
+    )
+    assert (
+        m.parse_fi_info_version("fi_info: 2.1.0amzn2.0\nlibfabric: 2.1.0amzn2.0\n")
+        == "2.1.0amzn2.0"
+    )
+    listing = (
+        "efa:\n    version: 121.0\nshm:\n    version: 200.0\n"
+        "ofi_rxm;tcp:\n    version: 121.0\ntcp:\n"
+    )
+    assert m.parse_fi_info_providers(listing) == ["efa", "ofi_rxm", "shm", "tcp"]
+
+
+def test_efa_installed_packages():
+    text = (
+        "# EFA installer version: 1.41.0\n# Debug packages installed: no\n# Packages installed:\n"
+        "efa-config_1.18-1_all efa-profile_1.7-1_all libfabric-aws-bin_2.1.0amzn2.0_amd64\n"
+    )
+    assert m.parse_efa_installed_packages(text) == "1.41.0"
+
+
+def test_dkms_status_old_and_new_formats():
+    text = (
+        "nvidia-current-open/535.261.03: added\n"
+        "nvidia/580.95.05, 6.8.0-1021-aws, x86_64: installed\n"
+        "efa, 2.15.0, 6.1.141-165.249.amzn2023.x86_64, x86_64: installed (original_module exists)\n"
+    )
+    assert m.parse_dkms_status(text) == [
+        {
+            "module": "nvidia-current-open",
+            "version": "535.261.03",
+            "kernel": None,
+            "arch": None,
+            "state": "added",
+        },
+        {
+            "module": "nvidia",
+            "version": "580.95.05",
+            "kernel": "6.8.0-1021-aws",
+            "arch": "x86_64",
+            "state": "installed",
+        },
+        {
+            "module": "efa",
+            "version": "2.15.0",
+            "kernel": "6.1.141-165.249.amzn2023.x86_64",
+            "arch": "x86_64",
+            "state": "installed (original_module exists)",
+        },
+    ]
+
+
+def test_loaded_driver_version():
+    text = (
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  "
+        "(dvs-builder@U16-I3-C04-2-1)  Tue Sep 23 09:06:44 UTC 2025\n"
+        "GCC version:  gcc version 12.3.0\n"
+    )
+    assert m.parse_proc_driver_version(text) == "580.95.05"
+    assert (
+        m.parse_proc_driver_version(
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.261.03  Mon Jul  7 2025"
+        )
+        == "535.261.03"
+    )
+
+
+def test_version_from_soname():
+    path = "/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.535.261.03"
+    assert m.version_from_soname(path, "libnvidia-ml.so") == "535.261.03"
+    assert m.version_from_soname("/opt/gdrcopy/lib/libgdrapi.so.2.5.1", "libgdrapi.so") == "2.5.1"
+    assert m.version_from_soname("/usr/lib/libnvidia-ml.so.1", "libnvidia-ml.so") is None
+
+
+def test_nouveau_blacklist_and_key_values():
+    assert m.nouveau_blacklisted(["# comment\n", "blacklist nouveau\noptions nouveau modeset=0\n"])
+    assert not m.nouveau_blacklisted(["# blacklist nouveau\n"])
+    assert m.parse_key_values(
+        "#\n[Manager]\nDefaultLimitMEMLOCK=infinity\nkernel.yama.ptrace_scope = 0\n"
+    ) == {
+        "DefaultLimitMEMLOCK": "infinity",
+        "kernel.yama.ptrace_scope": "0",
+    }
+
+
+def test_package_specs_of_apt_and_dnf():
+    installed = {"nvidia-driver-cuda": "3:580.95.05-1.amzn2023", "nvidia-smi": "535.261.03-1"}
+    assert m.split_package_spec("nvidia-utils-580=580.95.05-*", installed) == (
+        "nvidia-utils-580",
+        "580.95.05-*",
+    )
+    assert m.split_package_spec("nvidia-driver-cuda-580.95.05", installed) == (
+        "nvidia-driver-cuda",
+        "580.95.05",
+    )
+    assert m.split_package_spec("nvidia-smi", installed) == ("nvidia-smi", None)
+    assert m.package_version_ok("580.95.05-*", "580.95.05-0ubuntu1")
+    assert m.package_version_ok("1:4.2.3-*", "1:4.2.3-1")
+    assert m.package_version_ok("580.95.05", "3:580.95.05-1.amzn2023")
+    assert not m.package_version_ok("580.95.05-*", "580.82.07-0ubuntu1")
+
+
+def test_claims_against_what_is_installed():
+    claim = {
+        "version": "2.29.3",
+        "packages": ["libnccl2=2.29.3-1+cuda12.9", "libnccl-dev=2.29.3-1+cuda12.9"],
+    }
+    info = {"present": True, "version": "2.28.9"}
+    installed = {"libnccl2": "2.28.9-1+cuda12.9"}
+    assert m.compare_claim("nccl", claim, info, installed, None) == [
+        "nccl: expected version 2.29.3, found 2.28.9",
+        "nccl: package libnccl2 is 2.28.9-1+cuda12.9, expected 2.29.3-1+cuda12.9",
+        "nccl: package libnccl-dev is not installed",
+    ]
+    assert m.compare_claim("nccl", claim, {"present": True, "version": "2.28.9"}, {}, "2.28.9")[
+        :1
+    ] == ["nccl: package libnccl2 is not installed"]
+    assert (
+        m.compare_claim("efa", {"version": None}, {"present": True, "version": "1.17.0"}, {}, None)
+        == []
+    )
+
+
+def _run_module(args: dict, *, check: bool) -> dict:
+    """Run the module on this machine through ansible's ad-hoc command."""
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "ansible"),
+        "localhost",
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+        "-m",
+        "mlcluster.core.image_manifest",
+        "-a",
+        json.dumps(args),
+    ]
+    if check:
+        cmd.append("--check")
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    assert not result.get("failed"), result
+    return result
+
+
+def test_module_reports_missing_components_and_writes_only_when_asked(tmp_path):
+    dest = tmp_path / "manifest.json"
+    # Components a development machine does not have (it may well have nvcc or a driver).
+    args = {
+        "components": ["neuron", "lustre_client"],
+        "dest": str(dest),
+        "claims_dir": str(tmp_path),
+        "extra": {"flavor": "neuron"},
+    }
+
+    checked = _run_module(args, check=True)
+    assert checked["changed"] and not dest.exists()
+    assert checked["missing"] == [
+        "neuron: no Neuron runtime (aws-neuronx-runtime-lib)",
+        "lustre_client: no lfs",
+    ]
+
+    written = _run_module(args, check=False)
+    assert written["changed"]
+    manifest = json.loads(dest.read_text())
+    assert manifest["flavor"] == "neuron"
+    assert manifest["components"]["neuron"]["present"] is False
+    assert set(manifest["hardware"]) == {
+        "nvidia_gpus",
+        "nvswitches",
+        "efa_devices",
+        "neuron_devices",
+    }
+
+    again = _run_module(args, check=False)
+    assert not again["changed"]

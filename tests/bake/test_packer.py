@@ -1,0 +1,254 @@
+"""The AMI templates: structure (python-hcl2), evaluated values (`packer console`) and
+`packer validate` with the packer on this machine (Debian's 1.6.6, which has the amazon and
+ansible plugins built in and cannot parse `required_plugins`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from .conftest import ROOT
+
+PACKER = shutil.which("packer")
+AMI_DIR = ROOT / "packer" / "ami"
+OSES = ["ubuntu22.04", "ubuntu24.04", "al2023"]
+FLAVORS = ["gpu", "neuron", "cpu"]
+needs_packer = pytest.mark.skipif(
+    PACKER is None, reason="packer is not installed (apt install packer)"
+)
+
+
+def load(path: Path) -> dict:
+    with path.open() as handle:
+        return hcl2.load(handle)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    merged: dict = {}
+    for path in sorted(AMI_DIR.glob("*.pkr.hcl")):
+        for key, value in load(path).items():
+            merged.setdefault(key, []).extend(value)
+    return merged
+
+
+def packer_env() -> dict:
+    # The ansible provisioner checks that ansible-playbook runs.
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CHECKPOINT_DISABLE": "1",
+    }
+
+
+def packer_version() -> tuple[int, ...]:
+    out = subprocess.run([PACKER, "version"], capture_output=True, text=True, check=True).stdout
+    return tuple(int(x) for x in re.search(r"(\d+)\.(\d+)\.(\d+)", out).groups())
+
+
+def console(expression: str, flavor: str, os_name: str):
+    proc = subprocess.run(
+        [PACKER, "console", "-var", f"flavor={flavor}", "-var", f"os={os_name}", str(AMI_DIR)],
+        input=f"jsonencode({expression})\n",
+        capture_output=True,
+        text=True,
+        env=packer_env(),
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- structure ----------------------------------------------------------------------------------
+
+
+def test_plugins_file_only_declares_the_plugins():
+    data = load(ROOT / "packer" / "plugins.pkr.hcl")
+    assert list(data) == ["packer"]
+    plugins = data["packer"][0]["required_plugins"][0]
+    assert plugins["amazon"]["source"] == "github.com/hashicorp/amazon"
+    assert plugins["ansible"]["source"] == "github.com/hashicorp/ansible"
+
+
+def test_ami_templates_carry_no_packer_block(template):
+    """A `packer {}` block with required_plugins would break packer 1.6.6."""
+    assert "packer" not in template
+
+
+def test_variables(template):
+    variables = {name: spec for block in template["variable"] for name, spec in block.items()}
+    assert set(variables) >= {
+        "region",
+        "instance_type",
+        "volume_size",
+        "subnet_id",
+        "flavor",
+        "os",
+        "manifest_path",
+        "mirror_base",
+    }
+    assert variables["volume_size"]["type"] == "number"
+    assert variables["subnet_id"]["default"] == ""
+    assert "default" not in variables["flavor"], "the flavour must be chosen explicitly"
+    assert (
+        variables["flavor"]["validation"][0]["condition"]
+        == "${contains([gpu, neuron, cpu], var.flavor)}"
+    )
+    assert (
+        variables["os"]["validation"][0]["condition"]
+        == "${contains([ubuntu22.04, ubuntu24.04, al2023], var.os)}"
+    )
+
+
+def test_amazon_ebs_source(template):
+    source = template["source"][0]["amazon-ebs"]["node"]
+    ami_filter = source["source_ami_filter"][0]
+    assert ami_filter["filters"]["name"] == "${local.base.name}"
+    assert ami_filter["filters"]["root-device-type"] == "ebs"
+    assert ami_filter["owners"] == ["${local.base.owner}"]
+    assert ami_filter["most_recent"] is True
+    assert source["region"] == "${var.region}"
+    assert source["instance_type"] == "${var.instance_type}"
+    assert source["subnet_id"] == '${var.subnet_id == "" ? null : var.subnet_id}'
+    disk = source["launch_block_device_mappings"][0]
+    assert (disk["volume_size"], disk["volume_type"], disk["delete_on_termination"]) == (
+        "${var.volume_size}",
+        "gp3",
+        True,
+    )
+    assert source["tags"] == "${merge(local.component_tags, local.name_tags)}"
+
+
+def test_ansible_provisioner_runs_the_bake(template):
+    build = template["build"][0]
+    assert build["sources"] == ["source.amazon-ebs.node"]
+    ansible = build["provisioner"][0]["ansible"]
+    assert ansible["playbook_file"] == "${abspath(path.root)}/../../playbooks/bake.yml"
+    assert "--extra-vars, mlcluster_image_flavor=${var.flavor}" in ansible["extra_arguments"]
+    assert "ANSIBLE_CONFIG=${abspath(path.root)}/../../ansible.cfg" in ansible["ansible_env_vars"]
+
+
+def test_manifest_post_processor(template):
+    manifest = template["build"][0]["post-processor"][0]["manifest"]
+    assert manifest["output"] == "${var.manifest_path}"
+    assert manifest["custom_data"] == {"flavor": "${var.flavor}", "os": "${var.os}"}
+
+
+# ---- evaluated values ---------------------------------------------------------------------------
+
+
+@needs_packer
+@pytest.mark.parametrize(
+    ("os_name", "expected"),
+    [
+        (
+            "ubuntu22.04",
+            {
+                "name": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
+                "owner": "099720109477",
+                "ssh_user": "ubuntu",
+                "root_device": "/dev/sda1",
+            },
+        ),
+        (
+            "ubuntu24.04",
+            {
+                "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+                "owner": "099720109477",
+                "ssh_user": "ubuntu",
+                "root_device": "/dev/sda1",
+            },
+        ),
+        (
+            "al2023",
+            {
+                "name": "al2023-ami-2023.*-kernel-6.1-x86_64",
+                "owner": "137112412989",
+                "ssh_user": "ec2-user",
+                "root_device": "/dev/xvda",
+            },
+        ),
+    ],
+)
+def test_base_image_per_os(os_name, expected):
+    assert console("local.base", "gpu", os_name) == expected
+
+
+@needs_packer
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_tags_carry_the_component_versions(flavor, versions):
+    expected = {}
+    for name in versions["flavors"][flavor]:
+        component = versions["components"].get(name)
+        if component is None:
+            continue
+        value = next(
+            component[key]
+            for key in ("version", "sdk", "enroot", "nvidia_container_toolkit")
+            if key in component
+        )
+        expected[f"mlcluster:{name}"] = str(value)
+    assert console("local.component_tags", flavor, "ubuntu22.04") == expected
+    assert console("local.name_tags", flavor, "al2023") == {
+        "Name": f"mlcluster-{flavor}-al2023",
+        "mlcluster:flavor": flavor,
+        "mlcluster:os": "al2023",
+    }
+
+
+# ---- packer validate ----------------------------------------------------------------------------
+
+
+@needs_packer
+@pytest.mark.parametrize(("flavor", "os_name"), [(f, o) for f in FLAVORS for o in OSES])
+def test_packer_validate(flavor, os_name):
+    proc = subprocess.run(
+        [PACKER, "validate", "-var", f"flavor={flavor}", "-var", f"os={os_name}", str(AMI_DIR)],
+        capture_output=True,
+        text=True,
+        env=packer_env(),
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_packer
+def test_packer_validate_rejects_an_unknown_flavour():
+    proc = subprocess.run(
+        [PACKER, "validate", "-var", "flavor=tpu", str(AMI_DIR)],
+        capture_output=True,
+        text=True,
+        env=packer_env(),
+        cwd=ROOT,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "The flavor variable must be gpu, neuron or cpu." in proc.stdout + proc.stderr
+
+
+@needs_packer
+def test_old_packer_cannot_read_the_plugins_file():
+    """Why plugins.pkr.hcl lives apart: packer < 1.7 rejects `required_plugins`."""
+    if packer_version() >= (1, 7, 0):
+        pytest.skip("this packer understands required_plugins")
+    proc = subprocess.run(
+        [PACKER, "validate", str(ROOT / "packer" / "plugins.pkr.hcl")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert 'Blocks of type "required_plugins" are not expected here.' in proc.stdout + proc.stderr

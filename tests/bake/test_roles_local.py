@@ -1,0 +1,190 @@
+"""The roles that can run for real here, on a throwaway Debian 12 podman node: check mode on
+the fresh node, converge, converge again with nothing changed, then verify the real state.
+
+- tuning: kernel settings, service limits (capped to what the container may raise)
+- efa: the distro source (Debian's rdma-core and libfabric)
+- nvidia_driver: the distro source (Debian's non-free driver, no module build in a container)
+- nccl: the wheel source (a real libnccl from the nvidia-nccl-cu12 wheel in /opt/nccl)
+- container_runtime: Debian's docker.io, started
+
+then the local image flavour through bake_preflight/bake_accelerators/bake_verify. The
+DKMS build of the NVIDIA module for Debian's kernel is the slow lane (MLCLUSTER_SLOW=1).
+MLCLUSTER_BAKE_TEST_ROLES=tuning,efa runs a subset; MLCLUSTER_BAKE_TEST_IMAGE picks the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, run_playbook
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
+REAL_ROLES = ["tuning", "efa", "nvidia_driver", "nccl", "container_runtime"]
+SELECTED = [
+    r for r in os.environ.get("MLCLUSTER_BAKE_TEST_ROLES", ",".join(REAL_ROLES)).split(",") if r
+]
+IMAGE = os.environ.get("MLCLUSTER_BAKE_TEST_IMAGE", "localhost/mlprobe:base")
+# Extra CAs of this machine (a TLS-intercepting proxy); the node needs them to reach PyPI.
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def heal_exec(name: str) -> None:
+    """Recreate the node's cgroup directory when something on the host removed it.
+
+    On cgroup v1 hybrid hosts, tools that clean up stale cgroups may delete podman's
+    libpod-<id> directory under the name=systemd hierarchy; `podman exec` then fails with
+    "cgroup.procs: no such file or directory" while the node itself keeps running.
+    """
+    proc = podman("exec", name, "true", check=False)
+    match = re.search(r"openat2 (/sys/fs/cgroup/[\w./-]+)/cgroup\.procs: no such file", proc.stderr)
+    if proc.returncode != 0 and match:
+        Path(match.group(1)).mkdir(parents=True, exist_ok=True)
+        podman("exec", name, "true")
+    elif proc.returncode != 0:
+        raise AssertionError(f"podman exec {name} failed: {proc.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed: the real role runs need a podman node")
+    if podman("image", "exists", IMAGE, check=False).returncode != 0:
+        pytest.skip(
+            f"node image {IMAGE} is missing (a debootstrapped Debian 12 with systemd; "
+            "set MLCLUSTER_BAKE_TEST_IMAGE)"
+        )
+    name = f"bake-test-{os.getpid()}"
+    podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        "bake-test",
+        "--systemd=always",
+        "--privileged",
+        "--cgroupns=private",
+        "--tmpfs",
+        "/tmp:rw,exec",
+        IMAGE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while podman(
+            "exec", name, "systemctl", "is-system-running", check=False
+        ).stdout.strip() not in {"running", "degraded"}:
+            assert time.monotonic() < deadline, "systemd in the node did not come up within 120 s"
+            heal_exec(name)
+            time.sleep(1)
+        # Ansible's apt module needs python3-apt for check mode (cloud images ship it; the
+        # minimal test image does not).
+        podman("exec", name, "sh", "-c", "apt-get update -qq && apt-get install -y -qq python3-apt")
+        if HOST_CA_DIR.is_dir() and any(HOST_CA_DIR.glob("*.crt")):
+            podman("cp", f"{HOST_CA_DIR}/.", f"{name}:/usr/local/share/ca-certificates/")
+            podman("exec", name, "update-ca-certificates")
+        inventory = tmp_path_factory.mktemp("bake-node") / "inventory.ini"
+        inventory.write_text(
+            f"[bake]\n{name} ansible_connection=containers.podman.podman "
+            "ansible_python_interpreter=/usr/bin/python3 mlcluster_image_flavor=local\n"
+        )
+        yield name, inventory
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False)
+
+
+def run_on(node, playbook: Path, tmp_path: Path, **kwargs):
+    name, inventory = node
+    heal_exec(name)
+    return run_playbook(playbook, inventory, tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("role", [r for r in REAL_ROLES if r in SELECTED])
+def test_role_converges_idempotently_and_verifies(node, role, tmp_path):
+    converge = HERE / f"converge_{role}.yml"
+
+    checked = run_on(node, converge, tmp_path, check=True)
+    assert checked.status == "successful", f"check mode failed:\n{checked.stdout[-4000:]}"
+
+    first = run_on(node, converge, tmp_path)
+    assert first.status == "successful", f"converge failed:\n{first.stdout[-4000:]}"
+
+    second = run_on(node, converge, tmp_path)
+    assert second.status == "successful", second.stdout[-4000:]
+    assert second.changed() == 0, f"not idempotent, changed again: {second.changed_tasks}"
+
+    verified = run_on(node, HERE / f"verify_{role}.yml", tmp_path)
+    assert verified.status == "successful", f"verify failed:\n{verified.stdout[-4000:]}"
+
+
+def test_local_flavour_bake_writes_the_manifest(node, tmp_path):
+    name, _ = node
+    for playbook in ("bake_preflight.yml", "bake_accelerators.yml", "bake_verify.yml"):
+        run = run_on(
+            node,
+            ROOT / "playbooks" / playbook,
+            tmp_path,
+            extravars={"mlcluster_manifest_fetch_dir": str(tmp_path)},
+        )
+        assert run.status == "successful", f"{playbook} failed:\n{run.stdout[-4000:]}"
+    manifest = json.loads((tmp_path / f"{name}.json").read_text())
+    assert manifest["flavor"] == "local"
+    assert sorted(manifest["components"]) == ["efa", "tuning"]
+    assert manifest["components"]["efa"]["source"] == "distro"
+    assert manifest["host"]["in_container"] is True
+
+
+def test_bake_preflight_refuses_a_gpu_image_on_debian(node, tmp_path):
+    run = run_on(
+        node,
+        ROOT / "playbooks" / "bake_preflight.yml",
+        tmp_path,
+        extravars={"mlcluster_image_flavor": "gpu"},
+    )
+    assert run.status == "failed"
+    assert (
+        "The gpu flavour is built on Ubuntu 22, Ubuntu 24, Amazon 2023; this node runs Debian 12."
+        in run.stdout
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("MLCLUSTER_SLOW") != "1",
+    reason="DKMS build of the NVIDIA module: set MLCLUSTER_SLOW=1",
+)
+def test_nvidia_module_builds_for_debians_kernel(node, tmp_path):
+    """The real DKMS build: Debian's kernel headers installed, the open module compiled for them."""
+    run = run_on(
+        node,
+        HERE / "converge_nvidia_driver.yml",
+        tmp_path,
+        extravars={
+            "nvidia_driver_build_modules": "always",
+            "nvidia_driver_kernel_headers": ["linux-headers-amd64"],
+        },
+    )
+    assert run.status == "successful", run.stdout[-4000:]
+    name, _ = node
+    status = podman("exec", name, "dkms", "status").stdout
+    assert re.search(r"nvidia-current-open/535\.\S+, 6\.1\.\S+-amd64, x86_64: installed", status), (
+        status
+    )
