@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: set-up, lint, unit and integration tests (which build and start local
-# clusters with podman), the molecule scenarios. Run as root (rootful podman).
+# The whole test suite: set-up, lint, then pytest: unit tests, the test cases' correctness
+# tests, the bake (templates, version rules, roles on a podman node), and the integration
+# tests on local clusters (walking skeleton, Slurm, multi-node training, the molecule
+# scenario). Run as root (rootful podman). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,7 +13,7 @@ echo "== lint"
 ruff check .
 ruff format --check .
 yamllint -s .
-ansible-lint --offline --profile production
+ansible-lint --offline --profile production -q
 
 echo "== tests"
-pytest -p no:cacheprovider "$@"
+pytest -p no:cacheprovider --durations=15 "$@"
