@@ -33,7 +33,8 @@ REAL_ROLES = ["tuning", "efa", "nvidia_driver", "nccl", "container_runtime"]
 SELECTED = [
     r for r in os.environ.get("MLCLUSTER_BAKE_TEST_ROLES", ",".join(REAL_ROLES)).split(",") if r
 ]
-IMAGE = os.environ.get("MLCLUSTER_BAKE_TEST_IMAGE", "localhost/mlprobe:base")
+# Default: the local cluster's debootstrapped Debian 12 base (built when missing).
+IMAGE = os.environ.get("MLCLUSTER_BAKE_TEST_IMAGE", "")
 # Extra CAs of this machine (a TLS-intercepting proxy); the node needs them to reach PyPI.
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 
@@ -66,12 +67,12 @@ def heal_exec(name: str) -> None:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed: the real role runs need a podman node")
-    if podman("image", "exists", IMAGE, check=False).returncode != 0:
-        pytest.skip(
-            f"node image {IMAGE} is missing (a debootstrapped Debian 12 with systemd; "
-            "set MLCLUSTER_BAKE_TEST_IMAGE)"
-        )
+        pytest.fail("podman is not installed (bash scripts/setup.sh): the role runs need a node")
+    from mlcluster import images
+
+    image = IMAGE or images.ensure_base_image()
+    if podman("image", "exists", image, check=False).returncode != 0:
+        pytest.fail(f"node image {image} is missing (MLCLUSTER_BAKE_TEST_IMAGE)")
     name = f"bake-test-{os.getpid()}"
     podman(
         "run",
@@ -85,7 +86,7 @@ def node(tmp_path_factory):
         "--cgroupns=private",
         "--tmpfs",
         "/tmp:rw,exec",
-        IMAGE,
+        image,
     )
     try:
         deadline = time.monotonic() + 120

@@ -97,3 +97,27 @@ def test_configless_and_back(slurm_cluster):
         slurm_cluster.ssh(node, "test -e /etc/slurm/slurm.conf")
         assert "--conf-server" not in slurm_cluster.ssh(node, "ps -o args= -C slurmd").stdout
     assert sinfo(slurm_cluster) == ["compute1 idle", "compute2 idle", "compute3 idle"]
+
+
+def key_checksums(cluster: Cluster, nodes: tuple[str, ...]) -> set[str]:
+    return {cluster.ssh(node, "sha256sum /etc/munge/munge.key").stdout.split()[0] for node in nodes}
+
+
+def test_munge_key_is_kept_and_rotated_only_on_purpose(slurm_cluster):
+    nodes = ("controller", "compute1", "compute2", "compute3")
+    before = key_checksums(slurm_cluster, nodes)
+    assert len(before) == 1
+
+    kept = converge(slurm_cluster, "playbooks/slurm.yml", tags="munge")
+    assert kept.exit_code == EXIT_OK, kept.errors
+    assert key_checksums(slurm_cluster, nodes) == before
+    assert all(h["changed"] == 0 for h in kept.hosts.values())
+
+    rotated = converge(
+        slurm_cluster, "playbooks/slurm.yml", tags="munge", extravars={"munge_rotate_key": True}
+    )
+    assert rotated.exit_code == EXIT_OK, rotated.errors
+    after = key_checksums(slurm_cluster, nodes)
+    assert len(after) == 1 and after != before
+    hosts = slurm_cluster.ssh("controller", "srun --nodes=3 hostname").stdout.split()
+    assert sorted(hosts) == ["compute1", "compute2", "compute3"]
