@@ -31,6 +31,7 @@ def timed(args: list[str], env: dict) -> float:
         check=False,
     )
     elapsed = time.monotonic() - start
+    print(f"{' '.join(args[:2])}: {elapsed:.0f} s (exit {proc.returncode})", flush=True)
     if proc.returncode != 0:
         sys.exit(
             f"mlcluster {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
