@@ -286,10 +286,19 @@ def up(
     cluster_dir(name).mkdir(parents=True, exist_ok=True)
     # Record what is about to exist before creating it, so `down` can always clean up.
     state.save(state_file)
-    if not podman.exists("network", state.network):
-        podman.run(
-            ["network", "create", "--subnet", subnet, "--label", f"{LABEL}={name}", state.network]
-        )
+    with podman.network_lock():
+        if not podman.exists("network", state.network):
+            podman.run(
+                [
+                    "network",
+                    "create",
+                    "--subnet",
+                    subnet,
+                    "--label",
+                    f"{LABEL}={name}",
+                    state.network,
+                ]
+            )
     if not podman.exists("volume", state.volume):
         podman.run(["volume", "create", "--label", f"{LABEL}={name}", state.volume])
     pubkey = _ssh_key(name).with_suffix(".pub").read_text()
@@ -320,9 +329,10 @@ def down(name: str = DEFAULT_NAME, say=print) -> list[str]:
         podman.run(["rm", "-f", "-t", "5", ctr_name])
         removed.append(f"container {ctr_name}")
     for kind, obj in (("network", f"{name}-net"), ("volume", f"{name}-fsx")):
-        if podman.exists(kind, obj):
-            podman.run([kind, "rm", "-f", obj])
-            removed.append(f"{kind} {obj}")
+        with podman.network_lock():
+            if podman.exists(kind, obj):
+                podman.run([kind, "rm", "-f", obj])
+                removed.append(f"{kind} {obj}")
     inv = inventory_dir(name) / "hosts.yml"
     if inv.exists():
         inv.unlink()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -149,6 +151,24 @@ def ensure_host_setup(say) -> None:
     tmp.replace(HOST_CONF)
     for reason in reasons:
         say(f"host set-up: {reason} ({HOST_CONF})")
+
+
+@contextlib.contextmanager
+def network_lock():
+    """Serialise network creation and removal between mlcluster processes on this host.
+
+    podman 4.3 (netavark) picks the next free bridge name (podmanN) without a host-wide lock:
+    two networks created at once can get the same bridge, and removing either cuts the other
+    cluster off (its SSH connections time out).
+    """
+    path = Path("/run/lock/mlcluster-podman-network.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def valid_name(name: str) -> str:
