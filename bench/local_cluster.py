@@ -1,9 +1,11 @@
 """Time the local cluster: `local up` from an empty podman store and with the image cached,
 the first `deploy` and an idempotent `deploy`. Writes the figures to docs/benchmarks.md.
 
-Run as root from the repository: `.venv/bin/python -m bench.local_cluster`. It uses a private,
-empty podman store (CONTAINERS_STORAGE_CONF) and its own cluster name, so it neither touches nor
-reuses the developer's images and clusters.
+Run as root from the repository, with no local cluster running:
+`.venv/bin/python -m bench.local_cluster`. It removes the mlcluster images (base and node) so
+the first `local up` starts from nothing, and uses its own cluster name and state directory.
+A private podman store (CONTAINERS_STORAGE_CONF) is not used on purpose: a second podman
+runroot "refreshes" the shared container locks and breaks the clusters of the first.
 """
 
 from __future__ import annotations
@@ -42,18 +44,16 @@ def timed(args: list[str], env: dict) -> float:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlcluster-bench-") as tmp:
         tmp_path = Path(tmp)
-        storage = tmp_path / "storage.conf"
-        storage.write_text(
-            "[storage]\n"
-            'driver = "overlay"\n'
-            f'graphroot = "{tmp_path / "graph"}"\n'
-            f'runroot = "{tmp_path / "run"}"\n'
-        )
-        env = dict(
-            os.environ,
-            CONTAINERS_STORAGE_CONF=str(storage),
-            MLCLUSTER_STATE=str(tmp_path / "state"),
-        )
+        env = dict(os.environ, MLCLUSTER_STATE=str(tmp_path / "state"))
+        listed = subprocess.run(
+            ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        for image in listed:
+            if image.startswith(("localhost/mlcluster-base", "localhost/mlcluster-node")):
+                subprocess.run(["podman", "rmi", image], capture_output=True, check=True)
         inventory = tmp_path / "state" / "clusters" / NAME / "inventory"
         report = tmp_path / "deploy.json"
         figures = {}
@@ -76,9 +76,6 @@ def main() -> int:
                 env=env,
                 capture_output=True,
                 check=False,
-            )
-            subprocess.run(
-                ["podman", "system", "reset", "--force"], env=env, capture_output=True, check=False
             )
     rows = "\n".join(f"| {what} | {secs:.0f} s |" for what, secs in figures.items())
     body = (

@@ -299,6 +299,7 @@ def up(
                     state.network,
                 ]
             )
+            podman.name_bridge(state.network, f"mlc{zlib.crc32(name.encode()):08x}")
     if not podman.exists("volume", state.volume):
         podman.run(["volume", "create", "--label", f"{LABEL}={name}", state.volume])
     pubkey = _ssh_key(name).with_suffix(".pub").read_text()

@@ -171,6 +171,25 @@ def network_lock():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def name_bridge(network: str, bridge: str) -> None:
+    """Give a new netavark network a bridge name of its own (podman 4.3 has no flag for it).
+
+    podman hands out podmanN names again as soon as a network is removed; a late teardown of
+    the old network's containers then deletes the bridge the new network is using. A bridge
+    named after the cluster is never shared. No-op for CNI or when no config file exists.
+    """
+    config = Path("/etc/containers/networks") / f"{network}.json"
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    if data.get("network_interface") == bridge:
+        return
+    data["network_interface"] = bridge
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=5))
+    tmp.replace(config)
+
+
 def valid_name(name: str) -> str:
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,20}", name):
         raise MlclusterError(
