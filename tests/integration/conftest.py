@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mlcluster.local import ssh_options
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,16 +54,7 @@ class Cluster:
         proc = subprocess.run(
             [
                 "ssh",
-                "-i",
-                str(self.key),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "BatchMode=yes",
+                *ssh_options(self.key),
                 f"root@{self.ip(hostname)}",
                 command,
             ],
