@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-
-from .conftest import Cluster, mlcluster, podman_names
 
 pytestmark = pytest.mark.integration
 
@@ -76,20 +73,3 @@ def test_common_role_applied(cluster, deploys):
     assert cluster.ssh("compute1", "id -u mluser").stdout.strip() == "2001"
     assert cluster.ssh("compute2", "id -u slurm").stdout.strip() == "402"
     assert cluster.ssh("compute1", "sysctl -n net.core.somaxconn").stdout.strip() == "4096"
-
-
-def test_down_removes_everything(tmp_path):
-    """A cluster of its own, so the session's cluster stays up for the other tests."""
-    name = "skeldown"
-    state = Path(os.environ["MLCLUSTER_STATE"])
-    mlcluster("local", "up", "--name", name, "--computes", "1", "--login")
-    rows = Cluster(name, state).status()
-    assert sorted(r["hostname"] for r in rows) == ["compute1", "controller", "login1"]
-    label = f"io.mlcluster.cluster={name}"
-    assert len(podman_names("container", label)) == 3
-    mlcluster("local", "down", "--name", name)
-    assert podman_names("container", label) == []
-    assert podman_names("network", label) == []
-    assert podman_names("volume", label) == []
-    assert not (state / "clusters" / name).exists()
-    assert "not up" in mlcluster("local", "status", "--name", name).stdout
