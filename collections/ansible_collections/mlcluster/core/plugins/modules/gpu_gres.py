@@ -14,7 +14,7 @@ description:
   - Returns the GPU count, models, device files and a Slurm GRES string such as C(gpu:h100:8)
     for the node line in C(slurm.conf).
   - A node without an NVIDIA driver (no library, no C(nvidia-smi), driver not loaded, no GPU) is
-    not an error: the module returns C(available=false), an empty GRES string and the reason,
+    not an error; the module returns C(available=false), an empty GRES string and the reason,
     so that a role can say why it configures no GPU GRES.
   - Never changes the node; supports check mode.
 version_added: 0.1.0

@@ -12,9 +12,10 @@ description:
     directories into I(path), so that nodes can install offline with
     C(pip install --no-index --find-links). This is how air-gapped sites and machines whose nodes
     cannot reach the package index install the workloads.
-  - Idempotent: a stamp file records a digest of the requirements and of every file of the
+  - Idempotent; a stamp file records a digest of the requirements and of every file of the
     source packages; when it matches, nothing runs and nothing changes.
-  - Usually run on the Ansible controller (C(delegate_to: localhost), C(run_once)).
+  - Usually run on the Ansible controller (C(delegate_to=localhost), C(run_once)).
+
 options:
   path:
     description: Directory to fill (created when missing).
