@@ -5,7 +5,7 @@ enabled to name the slowest tasks. Writes the `## Slurm converge` section of doc
 Run as root from the repository: `.venv/bin/python -m bench.slurm_converge [--sizes 2 8]`.
 It starts and removes its own clusters (sl2, sl8); the node image is baked first if it is out
 of date, and that bake is not part of the figures. The workloads play (its own benchmark) is
-skipped.
+skipped. MLCLUSTER_BASE_IMAGE (as for the molecule scenario) names another base image.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def bench(computes: int) -> dict:
     name = f"sl{computes}"
     local.down(name=name, say=lambda _m: None)
     start = time.monotonic()
-    local.up(name=name, computes=computes, say=lambda _m: None)
+    base_image = os.environ.get("MLCLUSTER_BASE_IMAGE") or None
+    local.up(name=name, computes=computes, base_image=base_image, say=lambda _m: None)
     up_s = time.monotonic() - start
     inventory = local.inventory_dir(name)
     try:

@@ -22,6 +22,12 @@ pytestmark = pytest.mark.integration
 NAME = "slit"
 # The workloads play has its own tests; these are about Slurm.
 SKIP_WORKLOADS = {"ANSIBLE_SKIP_TAGS": "workloads"}
+# Another base image for the nodes, as for the molecule scenario.
+BASE_IMAGE = (
+    ["--base-image", os.environ["MLCLUSTER_BASE_IMAGE"]]
+    if os.environ.get("MLCLUSTER_BASE_IMAGE")
+    else []
+)
 
 
 def converge(cluster: Cluster, playbook: str = "site.yml", **kwargs):
@@ -31,7 +37,7 @@ def converge(cluster: Cluster, playbook: str = "site.yml", **kwargs):
 @pytest.fixture(scope="module")
 def slurm_cluster():
     state = Path(os.environ["MLCLUSTER_STATE"])
-    mlcluster("local", "up", "--name", NAME, "--computes", "2")
+    mlcluster("local", "up", "--name", NAME, "--computes", "2", *BASE_IMAGE)
     cluster = Cluster(NAME, state)
     try:
         result = converge(cluster)
@@ -64,7 +70,7 @@ def test_node_joins_with_limit_and_a_running_job_survives(slurm_cluster):
     slurm_cluster.ssh("controller", f"until squeue -h -j {job} -t R | grep -q .; do sleep 1; done")
     started = slurm_cluster.ssh("controller", f"squeue -h -j {job} -o %S").stdout.strip()
 
-    mlcluster("local", "up", "--name", NAME, "--computes", "3")
+    mlcluster("local", "up", "--name", NAME, "--computes", "3", *BASE_IMAGE)
     result = converge(slurm_cluster, limit="compute3,controller")
     assert result.exit_code == EXIT_OK, result.errors
     assert sorted(result.hosts) == ["compute3", "controller"]
