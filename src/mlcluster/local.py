@@ -13,7 +13,9 @@ import json
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +94,11 @@ def plan_nodes(name: str, subnet: str, computes: int, login: bool) -> list[Node]
     return nodes
 
 
+def node_mac(ip: str) -> str:
+    """A locally administered unicast MAC made from the node's IPv4 address (unique per network)."""
+    return "02:42:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(ip).packed)
+
+
 def _ssh_key(name: str) -> Path:
     key = cluster_dir(name) / "id_ed25519"
     if not key.exists():
@@ -118,8 +125,7 @@ def _start_node(
     state: ClusterState, node: Node, all_nodes: list[Node], privileged: bool, pubkey: str
 ) -> None:
     args = [
-        "run",
-        "-d",
+        "create",
         "--name",
         node.container,
         "--hostname",
@@ -128,6 +134,10 @@ def _start_node(
         state.network,
         "--ip",
         node.ip,
+        # A MAC of its own: left random, the node's udev (MACAddressPolicy=persistent) rewrites it
+        # from the machine id, which made every node share one MAC and the bridge flap between them.
+        "--mac-address",
+        node_mac(node.ip),
         "--volume",
         f"{state.volume}:/fsx",
         "--systemd=always",
@@ -146,6 +156,14 @@ def _start_node(
         args += ["--add-host", f"{other.hostname}:{other.ip}"]
     args.append(state.image)
     podman.run(args)
+    # A machine id of its own before systemd first starts (the image's is empty): systemd would
+    # otherwise derive the same one on every node.
+    with tempfile.TemporaryDirectory() as tmp:
+        machine_id = Path(tmp) / "machine-id"
+        machine_id.write_text(uuid.uuid4().hex + "\n")
+        machine_id.chmod(0o444)
+        podman.run(["cp", str(machine_id), f"{node.container}:/etc/machine-id"])
+    podman.run(["start", node.container])
     podman.run(
         [
             "exec",

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from mlcluster import local
+
 pytestmark = pytest.mark.integration
 
 
@@ -23,6 +25,22 @@ def test_inventory_has_the_real_groups(cluster):
     groups = inv["all"]["children"]["slurm"]["children"]
     assert sorted(groups["slurm_compute"]["hosts"]) == ["compute1", "compute2"]
     assert list(groups["slurm_controller"]["hosts"]) == ["controller"]
+
+
+def test_every_node_has_its_own_mac_and_machine_id(cluster):
+    # One machine id baked into the image gave every node the same MAC (udev derives it from
+    # the machine id) and SSH to the nodes flapped; each node must be its own machine.
+    seen = {
+        row["hostname"]: cluster.ssh(
+            row["hostname"], "cat /etc/machine-id /sys/class/net/eth0/address"
+        ).stdout.split()
+        for row in cluster.status()
+    }
+    assert len(seen) == 3
+    machine_ids = {ident for ident, _mac in seen.values()}
+    macs = {mac for _ident, mac in seen.values()}
+    assert len(machine_ids) == 3 and all(len(i) == 32 for i in machine_ids)
+    assert macs == {local.node_mac(row["ip"]) for row in cluster.status()}
 
 
 def test_first_deploy_succeeds(deploys):

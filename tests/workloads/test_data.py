@@ -63,6 +63,13 @@ def test_teacher_regression_is_deterministic_and_seeded():
     assert not np.array_equal(a[1], c[1])
 
 
+def test_teacher_regression_is_float32_inputs_and_targets():
+    # A float64 target made DDP fail on CUDA ("Found dtype Double but expected Float") while the
+    # CPU path promoted it silently; both arrays must match the model's float32 parameters.
+    x, y = TeacherRegression(num_samples=16, in_features=4, seed=3).arrays()
+    assert (x.dtype, y.dtype) == (np.float32, np.float32)
+
+
 def test_synthetic_tokens_follow_one_cycle():
     source = SyntheticTokens(vocab_size=50, seq_len=12, seed=2)
     batch = source.batch(np.array([0, 1, 2]))

@@ -92,7 +92,9 @@ class TeacherRegression:
         hidden = np.tanh(x @ (w1 / np.sqrt(self.in_features)))
         y = hidden @ (w2 / np.sqrt(self.teacher_hidden))
         y += self.noise_std * rng.standard_normal(y.shape, dtype=np.float32)
-        return x, y
+        # np.sqrt(int) is a float64 scalar, which NumPy 2 does not demote: without the cast the
+        # targets are float64 and CUDA's mse_loss backward rejects them (CPU silently promotes).
+        return x, y.astype(np.float32)
 
 
 class SyntheticTokens:

@@ -1,0 +1,42 @@
+"""The local cluster's plan: addresses, MACs and subnets, without starting anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlcluster import local
+from mlcluster.errors import MlclusterError
+
+
+def test_plan_gives_fixed_addresses_and_groups():
+    nodes = local.plan_nodes("mlc", "10.213.0.0/24", computes=2, login=True)
+    assert [(n.hostname, n.group, n.ip, n.container) for n in nodes] == [
+        ("controller", "slurm_controller", "10.213.0.10", "mlc-controller"),
+        ("login1", "slurm_login", "10.213.0.11", "mlc-login1"),
+        ("compute1", "slurm_compute", "10.213.0.21", "mlc-compute1"),
+        ("compute2", "slurm_compute", "10.213.0.22", "mlc-compute2"),
+    ]
+
+
+def test_node_macs_are_local_unicast_and_distinct():
+    nodes = local.plan_nodes("x", "10.213.57.0/24", computes=64, login=True)
+    macs = [local.node_mac(n.ip) for n in nodes]
+    assert len(set(macs)) == len(nodes)
+    assert local.node_mac("10.213.57.21") == "02:42:0a:d5:39:15"
+    # First octet 0x02: locally administered, unicast.
+    assert all(int(mac.split(":")[0], 16) & 0b11 == 0b10 for mac in macs)
+
+
+def test_named_clusters_get_their_own_subnet():
+    assert local.default_subnet("mlc") == "10.213.0.0/24"
+    assert local.default_subnet("ci") != local.default_subnet("slit")
+    assert local.default_subnet("ci").startswith("10.213.")
+
+
+@pytest.mark.parametrize(
+    ("subnet", "computes", "message"),
+    [("10.213.0.0/25", 2, "too small"), ("10.213.0.0/24", 0, "between 1 and 64")],
+)
+def test_bad_plans_are_refused(subnet, computes, message):
+    with pytest.raises(MlclusterError, match=message):
+        local.plan_nodes("mlc", subnet, computes=computes, login=False)
