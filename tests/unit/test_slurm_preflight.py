@@ -92,3 +92,21 @@ def test_wrong_types_are_rejected(extravars, name):
     result = site_preflight(**extravars)
     assert result.exit_code == EXIT_FAILED
     assert any(name in e for e in result.errors), result.errors
+
+
+def test_site_stops_at_the_slurm_preflight_before_the_baseline():
+    # Check mode as a safety net: were the order wrong, the baseline would only be simulated here.
+    result = run_playbook(
+        "site.yml",
+        HOSTS,
+        check=True,
+        extravars={"slurm_partitions": [{"name": "empty", "group": "compute_empty"}]},
+    )
+    assert result.exit_code == EXIT_FAILED
+    assert any("group 'compute_empty' has no hosts" in e for e in result.errors), result.errors
+    stdout = next(Path(result.artifact_dir).rglob("stdout")).read_text()
+    plays = [line for line in stdout.splitlines() if line.startswith("PLAY [")]
+    assert [p.split("[", 1)[1].split("]", 1)[0] for p in plays] == [
+        "Preflight checks",
+        "Check the Slurm inventory and variables",
+    ]
