@@ -99,7 +99,13 @@ def _message(data: dict) -> str:
     msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
     if isinstance(msg, list):
         msg = "; ".join(map(str, msg))
-    return " ".join(str(msg).split())[:600]
+    msg = " ".join(str(msg).split())
+    stderr = " ".join(str(res.get("stderr") or "").split())
+    if stderr and stderr not in msg:
+        # A generic message ("failed to validate", "non-zero return code") says nothing of the
+        # cause; the command's stderr does (the end of it, where the error usually is).
+        msg = f"{msg}: {stderr[-400:]}"
+    return msg[:600]
 
 
 @dataclass

@@ -223,3 +223,17 @@ def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
         "report": Path("r.json"),
         "extra_args": ["--steps", "3"],
     }
+
+
+def test_a_generic_failure_message_carries_the_commands_stderr():
+    from mlcluster.runner import _message
+
+    res = {
+        "msg": "failed to validate",
+        "stderr": "slurmd: error: Parsing error at unrecognized key: BogusKey\n",
+    }
+    assert _message({"res": res}) == (
+        "failed to validate: slurmd: error: Parsing error at unrecognized key: BogusKey"
+    )
+    # stderr already in the message is not repeated
+    assert _message({"res": {"msg": "boom", "stderr": "boom"}}) == "boom"

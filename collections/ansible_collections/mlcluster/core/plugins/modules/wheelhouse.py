@@ -76,15 +76,16 @@ def inputs_digest(requirements, sources):
     for req in requirements:
         digest.update(req.encode() + b"\n")
     for source in sources:
-        for root, dirs, files in sorted(os.walk(source)):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info"))
-            for name in sorted(files):
-                if name.endswith(".pyc"):
-                    continue
-                full = os.path.join(root, name)
-                digest.update(os.path.relpath(full, source).encode() + b"\0")
-                with open(full, "rb") as handle:
-                    digest.update(handle.read())
+        files = []
+        # Walked lazily so that pruning `dirs` keeps os.walk out of the build's own output
+        # (build/, *.egg-info), which the first wheel build creates inside the source tree.
+        for root, dirs, names in os.walk(source):
+            dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.endswith(".egg-info")]
+            files += [os.path.join(root, n) for n in names if not n.endswith(".pyc")]
+        for full in sorted(files, key=lambda f: os.path.relpath(f, source)):
+            digest.update(os.path.relpath(full, source).encode() + b"\0")
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
     return digest.hexdigest()
 
 
