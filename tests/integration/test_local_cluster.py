@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from mlcluster import local
+
+from .conftest import mlcluster
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +94,20 @@ def test_common_role_applied(cluster, deploys):
     assert cluster.ssh("compute1", "id -u mluser").stdout.strip() == "2001"
     assert cluster.ssh("compute2", "id -u slurm").stdout.strip() == "402"
     assert cluster.ssh("compute1", "sysctl -n net.core.somaxconn").stdout.strip() == "4096"
+
+
+def test_validate_passes_on_every_node(cluster, deploys, tmp_path):
+    # The node checks a user points at a real inventory, here at the deployed local cluster.
+    report_path = tmp_path / "checks.json"
+    proc = mlcluster("validate", "-i", str(cluster.inventory), "--report", str(report_path))
+    report = json.loads(report_path.read_text())
+    assert report["failed"] == 0 and report["errors"] == [], proc.stdout
+    outcomes = {
+        (c["node"], c["check"].removeprefix("test_")): c["outcome"] for c in report["checks"]
+    }
+    for node in ("controller", "compute1", "compute2"):
+        for check in ("munge", "munge_key", "munge_credential", "slurm_daemons", "node_usable"):
+            assert outcomes[(node, check)] == "passed", (node, check, outcomes)
+        # No GPU is expected on these nodes: the GPU checks say so rather than pass.
+        assert outcomes[(node, "gpu_count")] == "skipped"
+    assert "0 failed" in proc.stdout
