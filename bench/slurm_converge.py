@@ -32,7 +32,8 @@ _RECAP_LINE = re.compile(r"^(?P<task>.+?) -+ (?P<seconds>\d+\.\d+)s$")
 
 def slowest_tasks(artifact_dir: str) -> list[tuple[str, float]]:
     """The TASKS RECAP that profile_tasks printed at the end of the run."""
-    stdout = next(Path(artifact_dir).glob("artifacts/*/stdout"), None)
+    # RunResult.artifact_dir is ansible-runner's artifacts/<ident> directory itself.
+    stdout = next(Path(artifact_dir).rglob("stdout"), None)
     if stdout is None:
         return []
     text = stdout.read_text(errors="replace")
