@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,32 @@ def plan_nodes(name: str, subnet: str, computes: int, login: bool) -> list[Node]
     return nodes
 
 
+_STALE_IPAM = re.compile(
+    r"ip address (?P<ip>\S+) is already allocated to container ID (?P<owner>[0-9a-f]+)"
+)
+
+
+def _start_container(container: str) -> None:
+    try:
+        podman.run(["start", container])
+    except MlclusterError as err:
+        raise stale_address_error(err) or err from err
+
+
+def stale_address_error(err: MlclusterError) -> MlclusterError | None:
+    """A clear error when netavark still holds the node's address for a container that is gone."""
+    match = _STALE_IPAM.search(str(err))
+    if match is None or podman.exists("container", match["owner"]):
+        return None
+    return MlclusterError(
+        f"{err}\nAddress {match['ip']} is still recorded for container {match['owner'][:12]}, "
+        "which no longer exists: netavark's address database "
+        "(/run/containers/networks/ipam.db) kept a stale entry, as after podman was killed "
+        "or /run outlived a reboot. With no other podman container running, remove that file "
+        "(or reboot) and run `mlcluster local up` again."
+    )
+
+
 def node_mac(ip: str) -> str:
     """A locally administered unicast MAC made from the node's IPv4 address (unique per network)."""
     return "02:42:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(ip).packed)
@@ -163,7 +190,7 @@ def _start_node(
         machine_id.write_text(uuid.uuid4().hex + "\n")
         machine_id.chmod(0o444)
         podman.run(["cp", str(machine_id), f"{node.container}:/etc/machine-id"])
-    podman.run(["start", node.container])
+    _start_container(node.container)
     podman.run(
         [
             "exec",
@@ -326,7 +353,7 @@ def up(
         if podman.exists("container", node.container):
             running = podman.inspect(node.container)["State"]["Running"]
             if not running:
-                podman.run(["start", node.container])
+                _start_container(node.container)
             continue
         _start_node(state, node, nodes, privileged, pubkey)
         started.append(node.hostname)

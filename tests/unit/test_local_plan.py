@@ -40,3 +40,20 @@ def test_named_clusters_get_their_own_subnet():
 def test_bad_plans_are_refused(subnet, computes, message):
     with pytest.raises(MlclusterError, match=message):
         local.plan_nodes("mlc", subnet, computes=computes, login=False)
+
+
+def test_a_stale_address_allocation_gets_a_clear_error(monkeypatch):
+    err = MlclusterError(
+        "`podman start mlc-controller ...` failed (exit 125): Error: unable to start container "
+        '"60d5": IPAM error: requested ip address 10.213.0.10 is already allocated to container '
+        "ID 1d6be3ea710baa6d"
+    )
+    monkeypatch.setattr(local.podman, "exists", lambda kind, name: False)
+    clear = local.stale_address_error(err)
+    assert clear is not None
+    assert "10.213.0.10 is still recorded for container 1d6be3ea710b" in str(clear)
+    assert "/run/containers/networks/ipam.db" in str(clear)
+    # The address really in use by a live container: podman's own error stands.
+    monkeypatch.setattr(local.podman, "exists", lambda kind, name: True)
+    assert local.stale_address_error(err) is None
+    assert local.stale_address_error(MlclusterError("something else")) is None
