@@ -117,6 +117,9 @@ def cmd_run(args) -> int:
         nodes=args.nodes,
         report=Path(args.report) if args.report else None,
         extra_args=args.args,
+        gpus_per_node=args.gpus_per_node,
+        partition=args.partition,
+        container=args.container,
     )
 
 
@@ -179,12 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--report", help="write a JSON report to this file")
     validate.set_defaults(func=cmd_validate)
 
+    from mlcluster_workloads import cases
+
     run = sub.add_parser("run", help="run a distributed-training test case through Slurm")
-    run.add_argument("case", choices=["ddp", "fsdp", "jax", "allreduce"])
+    run.add_argument("case", choices=cases.runnable())
     run.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
     run.add_argument("--nodes", type=int, default=2)
+    run.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="GPUs (and torch ranks) per node (default: the partition's GPU GRES, 0 on CPU nodes)",
+    )
+    run.add_argument("--partition", help="Slurm partition (default: the default partition)")
+    run.add_argument(
+        "--container",
+        metavar="IMAGE|BUNDLE",
+        help="run in a container: an absolute path is an OCI bundle on the nodes (Slurm's "
+        "oci.conf runtime), anything else an image for pyxis/enroot",
+    )
     run.add_argument("--report", help="write the metrics summary as JSON to this file")
-    run.epilog = "Arguments after -- go to the test case (default: a small CPU-sized run)."
+    run.epilog = (
+        "Arguments after -- go to the test case (default: a small run sized for the nodes' "
+        "CPUs or GPUs; cases that checkpoint write to /fsx/mlcluster/checkpoints/JOB)."
+    )
     run.set_defaults(func=cmd_run)
     return parser
 

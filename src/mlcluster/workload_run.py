@@ -25,15 +25,22 @@ from .errors import MlclusterError
 from .paths import venv_bin
 from .runner import EXIT_FAILED, EXIT_OK, check_inventory, run_playbook
 
+try:
+    from mlcluster_workloads import cases
+except ImportError as exc:  # pragma: no cover - scripts/setup.sh installs it into the venv
+    raise MlclusterError(
+        "the mlcluster-workloads package is not installed in this venv "
+        "(bash scripts/setup.sh installs it)"
+    ) from exc
+
 WORKLOADS_ROOT = "/fsx/mlcluster"
-CASE_MODULES = {"ddp": "ddp", "fsdp": "fsdp", "jax": "jax_dp", "allreduce": "allreduce"}
-# Small enough for CPU nodes; pass arguments after `--` to change them.
-CPU_DEFAULT_ARGS = {
-    "ddp": ["--steps", "40"],
-    "fsdp": ["--config", "tiny", "--steps", "20", "--seq-len", "128"],
-    "jax": ["--steps", "40"],
-    "allreduce": ["--max-bytes", "16M", "--iters", "10"],
-}
+# Cases that checkpoint write here by default (one directory per job name, so a requeued job
+# resumes from its own checkpoints); the workloads role creates it for the workloads user.
+CHECKPOINT_ROOT = f"{WORKLOADS_ROOT}/checkpoints"
+EXIT_BAD_INPUT = MlclusterError.exit_code
+# Bandwidth cases report per-size rows and a summary of their own.
+STEP_EVENTS = {"step", "allreduce"}
+SUMMARY_EVENTS = {"summary", "allreduce_summary"}
 TERMINAL = {
     "COMPLETED",
     "FAILED",
@@ -102,25 +109,106 @@ def controller_target(inventory: Path) -> Target:
     )
 
 
-def render_script(case: str, nodes: int, args: list[str], job_name: str) -> str:
+def render_script(
+    case: str,
+    nodes: int,
+    args: list[str],
+    job_name: str,
+    *,
+    gpus_per_node: int = 0,
+    partition: str | None = None,
+    container: str | None = None,
+) -> str:
+    """The batch script of a run. ``container``: an absolute path is an OCI bundle on the nodes
+    (Slurm's own ``srun --container``), anything else an image for pyxis/enroot."""
+    from mlcluster_workloads.launch import WorkloadSpec, render_sbatch
+
+    bundle = container if container and container.startswith("/") else None
+    image = container if container and not bundle else None
     try:
-        from mlcluster_workloads.launch import WorkloadSpec, render_sbatch
-    except ImportError as exc:  # pragma: no cover - the venv always has it
-        raise MlclusterError(
-            "the mlcluster-workloads package is not installed in this venv "
-            "(bash scripts/setup.sh installs it)"
-        ) from exc
-    spec = WorkloadSpec(
-        case=CASE_MODULES[case],
-        args=tuple(args),
-        nodes=nodes,
-        gpus_per_node=0,
-        venv=f"{WORKLOADS_ROOT}/venv",
-        output_dir=f"{WORKLOADS_ROOT}/jobs",
-        job_name=job_name,
-        env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
-    )
+        spec = WorkloadSpec(
+            case=case,
+            args=tuple(args),
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            partition=partition,
+            container_image=image,
+            # The venv and the job's output live on the shared filesystem.
+            container_mounts=("/fsx:/fsx",) if image else (),
+            container_bundle=bundle,
+            venv=f"{WORKLOADS_ROOT}/venv",
+            output_dir=f"{WORKLOADS_ROOT}/jobs",
+            job_name=job_name,
+            env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        )
+    except ValueError as exc:
+        raise MlclusterError(str(exc), exit_code=EXIT_BAD_INPUT) from exc
     return render_sbatch(spec)
+
+
+def case_arguments(case: str, extra_args: list[str], gpus_per_node: int, job_name: str):
+    """The case's arguments: the user's, or the registry's defaults for CPU or GPU nodes; a
+    case that checkpoints gets ``--checkpoint-dir`` on the shared filesystem unless given."""
+    definition = cases.get(case)
+    args = list(extra_args)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        args = list(definition.gpu_args if gpus_per_node else definition.cpu_args)
+    if definition.checkpoints and not any(a.split("=")[0] == "--checkpoint-dir" for a in args):
+        args += ["--checkpoint-dir", f"{CHECKPOINT_ROOT}/{job_name}"]
+    return args
+
+
+def parse_gres_gpus(gres: str) -> int:
+    """GPUs in a node's GRES as sinfo prints it (``gpu:8``, ``gpu:h100:8(S:0-1)``, ``(null)``)."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and len(parts) > 1 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def partition_gpus(target: Target, partition: str | None) -> int:
+    """GPUs per node in the partition from Slurm's GRES: the fewest any node of it has."""
+    part = f" -p {shlex.quote(partition)}" if partition else ""
+    proc = target.run(f"sinfo -h -N{part} -o '%N %G %P'")
+    if proc.returncode != 0:
+        raise MlclusterError(f"sinfo failed on {target.host}: {proc.stderr.strip()}")
+    counts = []
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Without -p, only the default partition (marked with *) counts.
+        if partition or fields[2].endswith("*"):
+            counts.append(parse_gres_gpus(fields[1]))
+    if not counts:
+        where = f"partition {partition}" if partition else "the default partition"
+        raise MlclusterError(f"{where} has no nodes (sinfo on {target.host})", EXIT_BAD_INPUT)
+    return min(counts)
+
+
+def check_container_support(target: Target, container: str) -> None:
+    """pyxis for images, oci.conf for bundles: say what is missing before submitting."""
+    if container.startswith("/"):
+        proc = target.run(f"test -f {shlex.quote(container)}/config.json")
+        if proc.returncode != 0:
+            raise MlclusterError(
+                f"{container} is not an OCI bundle on {target.host} (no config.json); make one "
+                "with `mlcluster local bundle` or `runc spec` + a rootfs",
+                EXIT_BAD_INPUT,
+            )
+        return
+    proc = target.run("srun --help 2>&1 | grep -c -- --container-image || true")
+    if proc.stdout.strip() in ("", "0"):
+        raise MlclusterError(
+            f"--container {container}: pyxis is not loaded by Slurm on {target.host} "
+            "(no --container-image in srun --help); give an OCI bundle path instead, or bake "
+            "the node image with enroot_pyxis",
+            EXIT_BAD_INPUT,
+        )
 
 
 def parse_metrics(output: str) -> tuple[list[dict], dict | None]:
@@ -133,9 +221,9 @@ def parse_metrics(output: str) -> tuple[list[dict], dict | None]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if record.get("event") == "step":
+        if record.get("event") in STEP_EVENTS:
             steps.append(record)
-        elif record.get("event") == "summary":
+        elif record.get("event") in SUMMARY_EVENTS:
             summary = record
     return steps, summary
 
@@ -152,6 +240,25 @@ def summary_table(
         if value is None:
             return "unknown"
         return format(value, spec) if isinstance(value, int | float) else str(value)
+
+    if summary.get("event") == "allreduce_summary":
+        world = steps[0].get("world_size") if steps else None
+        for name, value in (
+            ("ranks", fmt(world, "d")),
+            ("source", fmt(summary.get("source"))),
+            ("sizes", fmt(summary.get("sizes"), "d")),
+            ("avg busbw (GB/s)", fmt(summary.get("avg_busbw_gbps"), ".3f")),
+            ("max busbw (GB/s)", fmt(summary.get("max_busbw_gbps"), ".3f")),
+            ("at size (bytes)", fmt(summary.get("max_busbw_size_bytes"), ",d")),
+            ("wrong elements", fmt(summary.get("wrong"), "d")),
+        ):
+            table.add_row(name, value)
+        for row in steps:
+            table.add_row(
+                f"  {row['size_bytes']:,} B",
+                f"{row['time_us']:,.1f} us  busbw {row['busbw_gbps']:.3f} GB/s",
+            )
+        return table
 
     rows = [
         ("world size", fmt(summary.get("world_size"), "d")),
@@ -186,21 +293,46 @@ def run_case(
     report: Path | None = None,
     extra_args: list[str] | None = None,
     console: Console | None = None,
+    *,
+    gpus_per_node: int | None = None,
+    partition: str | None = None,
+    container: str | None = None,
 ) -> int:
     from .display import ProgressDisplay, print_summary
 
     console = console or Console()
     inv = check_inventory(inventory)
     if nodes < 1:
-        raise MlclusterError("--nodes must be at least 1")
-    args = [a for a in (extra_args or []) if a != "--"] or CPU_DEFAULT_ARGS[case]
+        raise MlclusterError("--nodes must be at least 1", EXIT_BAD_INPUT)
+    if gpus_per_node is not None and gpus_per_node < 0:
+        raise MlclusterError("--gpus-per-node must be 0 or more", EXIT_BAD_INPUT)
+    definition = cases.get(case)
     install = run_playbook("playbooks/workloads.yml", inv, display=ProgressDisplay())
     if install.exit_code != EXIT_OK:
         print_summary(install)
         raise MlclusterError("installing the test cases failed (see above)", exit_code=EXIT_FAILED)
     target = controller_target(inv)
-    job_name = f"mlcluster-{case}-{int(time.time())}"
-    script = render_script(case, nodes, args, job_name)
+    if gpus_per_node is None:
+        gpus_per_node = partition_gpus(target, partition)
+    if definition.needs_gpu and not gpus_per_node:
+        raise MlclusterError(
+            f"{case} needs GPUs and {partition or 'the default partition'} has none "
+            "(Slurm GRES); on CPU nodes run `mlcluster run allreduce`",
+            EXIT_BAD_INPUT,
+        )
+    if container:
+        check_container_support(target, container)
+    job_name = f"mlcluster-{case.replace('_', '-')}-{int(time.time())}"
+    args = case_arguments(case, extra_args or [], gpus_per_node, job_name)
+    script = render_script(
+        case,
+        nodes,
+        args,
+        job_name,
+        gpus_per_node=gpus_per_node,
+        partition=partition,
+        container=container,
+    )
     script_path = f"{WORKLOADS_ROOT}/jobs/{job_name}.sbatch"
     upload = target.run(f"cat > {script_path} && chown mluser: {script_path}", input_text=script)
     if upload.returncode != 0:
@@ -213,7 +345,8 @@ def run_case(
     job_id = submit.stdout.strip().split(";")[0]
     output_path = f"{WORKLOADS_ROOT}/jobs/{job_name}-{job_id}.out"
     console.print(
-        f"submitted {case} as job {job_id} on {nodes} node(s); output {output_path}",
+        f"submitted {case} as job {job_id} on {nodes} node(s), {gpus_per_node} GPU(s) each"
+        f"{', in ' + container if container else ''}; output {output_path}",
         highlight=False,
     )
 
@@ -250,6 +383,9 @@ def run_case(
                     "job_id": job_id,
                     "state": state,
                     "nodes": nodes,
+                    "gpus_per_node": gpus_per_node,
+                    "partition": partition,
+                    "container": container,
                     "args": args,
                     "output": output_path,
                     "summary": summary,

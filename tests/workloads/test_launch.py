@@ -51,6 +51,7 @@ def test_sbatch_for_fsdp_on_hyperpod_with_efa_and_a_container():
         "export FI_EFA_USE_HUGE_PAGE=0\n"
         "export NCCL_SOCKET_IFNAME='^docker,lo,veth'\n"
         "export NCCL_DEBUG=INFO\n"
+        "export FI_EFA_USE_DEVICE_RDMA=1\n"
         "export HF_HOME=/fsx/hf\n"
         "\n"
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
@@ -95,6 +96,8 @@ def test_sbatch_efa_without_hyperpod_or_container():
         "export FI_EFA_USE_HUGE_PAGE=0",
         "export NCCL_SOCKET_IFNAME='^docker,lo,veth'",
         "export NCCL_DEBUG=INFO",
+        # GPUDirect RDMA over EFA: only with GPUs.
+        "export FI_EFA_USE_DEVICE_RDMA=1",
     ]
     assert "srun \\" in lines
     assert lines[-1] == "  -m mlcluster_workloads.allreduce --max-bytes 1G"
@@ -115,8 +118,13 @@ def test_sbatch_jax_runs_one_process_per_node_with_the_first_node_as_coordinator
 
 
 def test_spec_env_overrides_efa_defaults():
-    spec = WorkloadSpec(case="ddp", efa=True, env={"NCCL_DEBUG": "WARN"})
-    assert spec.environment() == {**EFA_ENV, "NCCL_DEBUG": "WARN"}
+    spec = WorkloadSpec(case="ddp", efa=True, gpus_per_node=0, env={"NCCL_DEBUG": "WARN"})
+    assert spec.environment() == {
+        "FI_PROVIDER": "efa",
+        "FI_EFA_USE_HUGE_PAGE": "0",
+        "NCCL_SOCKET_IFNAME": "^docker,lo,veth",
+        "NCCL_DEBUG": "WARN",
+    }
     assert "export NCCL_DEBUG=WARN" in render_sbatch(spec).splitlines()
 
 
@@ -157,7 +165,11 @@ def test_pytorchjob_for_fsdp_on_eks():
     ]
     resources = {"nvidia.com/gpu": 8, "vpc.amazonaws.com/efa": 32}
     assert container["resources"] == {"requests": resources, "limits": resources}
-    assert {e["name"]: e["value"] for e in container["env"]} == {**EFA_ENV, "HF_HOME": "/fsx/hf"}
+    assert {e["name"]: e["value"] for e in container["env"]} == {
+        **EFA_ENV,
+        "FI_EFA_USE_DEVICE_RDMA": "1",
+        "HF_HOME": "/fsx/hf",
+    }
 
 
 def test_pytorchjob_single_node_without_efa():
@@ -180,8 +192,16 @@ def test_pytorchjob_refuses_what_it_cannot_run():
 
 
 def test_spec_validation():
-    with pytest.raises(ValueError, match="case must be one of"):
-        WorkloadSpec(case="jax")
+    with pytest.raises(ValueError, match="case must be one of ddp, fsdp, jax, allreduce"):
+        WorkloadSpec(case="jax_ddp")
+    # The module's name is an alias of the case's.
+    assert WorkloadSpec(case="jax_dp").case == "jax"
+    with pytest.raises(ValueError, match="nccl_tests needs GPUs"):
+        WorkloadSpec(case="nccl_tests", gpus_per_node=0)
+    with pytest.raises(ValueError, match="not both"):
+        WorkloadSpec(case="ddp", container_image="img:1", container_bundle="/fsx/b")
+    with pytest.raises(ValueError, match="absolute path"):
+        WorkloadSpec(case="ddp", container_bundle="bundles/debian")
     with pytest.raises(ValueError, match="unknown workload spec keys: gpus"):
         WorkloadSpec.from_mapping({"case": "ddp", "gpus": 8})
 
@@ -195,3 +215,40 @@ def test_cli_renders_a_spec_file(tmp_path):
     assert out.getvalue() == render_sbatch(
         WorkloadSpec(case="fsdp", nodes=2, args=("--steps", "5"))
     )
+
+
+def test_sbatch_nccl_tests_runs_one_mpi_rank_per_gpu_through_pmix():
+    script = render_sbatch(
+        WorkloadSpec(
+            case="nccl_tests",
+            nodes=2,
+            gpus_per_node=8,
+            efa=True,
+            venv="/fsx/venv",
+            args=("--max-bytes", "1G", "--", "-g", "1"),
+            container_image="nvcr.io#nvidia/pytorch:25.01-py3",
+            container_mounts=("/fsx:/fsx",),
+        )
+    )
+    lines = script.splitlines()
+    assert lines[1:4] == [
+        "#SBATCH --job-name=mlcluster-nccl-tests",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=8",
+    ]
+    assert "export FI_EFA_USE_DEVICE_RDMA=1" in lines
+    assert lines[-1] == (
+        "/fsx/venv/bin/python -m mlcluster_workloads.allreduce --nccl-tests"
+        " --nccl-tests-bin=/opt/nccl-tests/bin/all_reduce_perf"
+        " --launcher='srun --mpi=pmix --container-image='\"'\"'nvcr.io#nvidia/pytorch:25.01-py3'\"'\"'"
+        " --container-mounts=/fsx:/fsx' --max-bytes 1G -- -g 1"
+    )
+
+
+def test_sbatch_oci_bundle_runs_every_step_in_the_container():
+    script = render_sbatch(
+        WorkloadSpec(case="ddp", nodes=2, gpus_per_node=0, container_bundle="/fsx/containers/deb")
+    )
+    lines = script.splitlines()
+    assert "srun --container=/fsx/containers/deb \\" in lines
+    assert "--container-image" not in script

@@ -4,11 +4,14 @@
     python -m mlcluster_workloads.launch spec.yml --format pytorchjob | kubectl apply -f -
 
 Pure Python; nothing here needs torch or a cluster. A spec is a ``WorkloadSpec`` (or a YAML/JSON
-mapping of its fields). On Slurm, each node runs one task: for the torch cases it is a
-``torchrun`` that starts ``nproc_per_node`` ranks and meets the other nodes through the c10d
-rendezvous on the first node; ``jax_dp``, ``envreport`` and ``versions`` run one process per
-node (jax_dp is pointed at the first node as its coordinator). Slurm opens ``--output`` before
-the script runs, so ``output_dir`` must exist when the job starts.
+mapping of its fields). How each case starts (torchrun per node, one process per node, MPI
+ranks per GPU) comes from the case registry, ``mlcluster_workloads.cases``. Slurm opens
+``--output`` before the script runs, so ``output_dir`` must exist when the job starts.
+
+Containers: ``container_image`` runs the job's steps in an enroot image through pyxis
+(``srun --container-image``); ``container_bundle`` runs them in an OCI bundle (a directory with
+``config.json`` and ``rootfs``) through Slurm's own OCI support (``srun --container``, the
+runtime set in ``oci.conf``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,7 @@ from typing import Any
 
 import yaml
 
-TORCHRUN_CASES = ("ddp", "fsdp", "allreduce")
-PER_NODE_CASES = ("jax_dp", "envreport", "versions")
-CASES = TORCHRUN_CASES + PER_NODE_CASES
+from mlcluster_workloads import cases
 
 # What the AWS reference jobs set on EFA instances: use the EFA libfabric provider, leave huge
 # pages to the application (fork safety), keep NCCL's bootstrap off container/loopback links,
@@ -36,6 +37,8 @@ EFA_ENV = {
     "NCCL_SOCKET_IFNAME": "^docker,lo,veth",
     "NCCL_DEBUG": "INFO",
 }
+# On GPU instances EFA moves GPU memory directly (GPUDirect RDMA: p4d, p5 and later).
+EFA_GPU_ENV = {"FI_EFA_USE_DEVICE_RDMA": "1"}
 JAX_COORDINATOR_PORT = 12355
 
 
@@ -48,6 +51,7 @@ class WorkloadSpec:
     # torch ranks per node; default: one per GPU, or one on nodes without GPUs
     procs_per_node: int | None = None
     container_image: str | None = None
+    container_bundle: str | None = None
     container_mounts: tuple[str, ...] = ()
     partition: str | None = None
     time: str | None = None
@@ -62,8 +66,13 @@ class WorkloadSpec:
     rdzv_port: int = 29500
 
     def __post_init__(self) -> None:
-        if self.case not in CASES:
-            raise ValueError(f"case must be one of {', '.join(CASES)}, not {self.case!r}")
+        object.__setattr__(self, "case", cases.get(self.case).name)
+        if self.container_image and self.container_bundle:
+            raise ValueError("give container_image (pyxis) or container_bundle (OCI), not both")
+        if self.container_bundle and not self.container_bundle.startswith("/"):
+            raise ValueError("container_bundle must be an absolute path on the nodes")
+        if self.definition.needs_gpu and not self.gpus_per_node:
+            raise ValueError(f"{self.case} needs GPUs: gpus_per_node must be at least 1")
         if self.nodes < 1 or self.gpus_per_node < 0:
             raise ValueError("nodes must be >= 1 and gpus_per_node >= 0")
         if self.procs_per_node is not None and self.procs_per_node < 1:
@@ -81,6 +90,10 @@ class WorkloadSpec:
         return cls(**values)
 
     @property
+    def definition(self) -> cases.Case:
+        return cases.get(self.case)
+
+    @property
     def name(self) -> str:
         return self.job_name or f"mlcluster-{self.case.replace('_', '-')}"
 
@@ -93,7 +106,8 @@ class WorkloadSpec:
 
     def environment(self) -> dict[str, str]:
         """EFA settings (only with efa) overlaid by the spec's own env."""
-        return {**(EFA_ENV if self.efa else {}), **self.env}
+        efa = {**EFA_ENV, **(EFA_GPU_ENV if self.gpus_per_node else {})} if self.efa else {}
+        return {**efa, **self.env}
 
 
 def torchrun_arguments(spec: WorkloadSpec, *, nnodes: str, endpoint: str, run_id: str):
@@ -108,10 +122,13 @@ def torchrun_arguments(spec: WorkloadSpec, *, nnodes: str, endpoint: str, run_id
 
 def render_sbatch(spec: WorkloadSpec) -> str:
     """A batch script: one task per node, srun starting torchrun (or the per-node case)."""
+    case = spec.definition
+    # MPI programs run one rank per GPU; everything else one task per node.
+    tasks_per_node = spec.gpus_per_node if case.launcher == "mpi" else 1
     directives = [
         f"--job-name={spec.name}",
         f"--nodes={spec.nodes}",
-        "--ntasks-per-node=1",
+        f"--ntasks-per-node={tasks_per_node}",
     ]
     if spec.gpus_per_node:
         directives.append(f"--gpus-per-node={spec.gpus_per_node}")
@@ -137,8 +154,25 @@ def render_sbatch(spec: WorkloadSpec) -> str:
         srun.append(f"--container-image={shlex.quote(spec.container_image)}")
         if spec.container_mounts:
             srun.append(f"--container-mounts={shlex.quote(','.join(spec.container_mounts))}")
-    module = f"mlcluster_workloads.{spec.case}"
-    if spec.case in TORCHRUN_CASES:
+    if spec.container_bundle:
+        srun.append(f"--container={shlex.quote(spec.container_bundle)}")
+    if case.launcher == "mpi":
+        # The batch step runs the parser once; it starts all_reduce_perf on every rank through
+        # srun and turns rank 0's table into the JSON lines of the allreduce case.
+        mpi_srun = " ".join([*srun[:1], "--mpi=pmix", *srun[1:]])
+        program = [
+            spec.command("python"),
+            "-m",
+            "mlcluster_workloads.allreduce",
+            "--nccl-tests",
+            f"--nccl-tests-bin={cases.NCCL_TESTS_BIN}",
+            f"--launcher={shlex.quote(mpi_srun)}",
+        ]
+        program += [shlex.quote(arg) for arg in spec.args]
+        lines += [" ".join(program)]
+        return "\n".join(lines) + "\n"
+    module = f"mlcluster_workloads.{case.module}"
+    if case.launcher == "torchrun":
         launcher = [
             spec.command("torchrun"),
             *torchrun_arguments(
@@ -151,7 +185,7 @@ def render_sbatch(spec: WorkloadSpec) -> str:
     else:
         launcher = [spec.command("python")]
     program = ["-m", module]
-    if spec.case == "jax_dp":
+    if spec.case == "jax":
         program.append(f"--coordinator=$head_node:{JAX_COORDINATOR_PORT}")
     program += [shlex.quote(arg) for arg in spec.args]
     lines += [" ".join(srun) + " \\", "  " + " ".join(launcher) + " \\", "  " + " ".join(program)]
@@ -160,9 +194,10 @@ def render_sbatch(spec: WorkloadSpec) -> str:
 
 def pytorchjob(spec: WorkloadSpec) -> dict[str, Any]:
     """A Kubeflow training-operator PyTorchJob (kubeflow.org/v1) as a mapping."""
-    if spec.case not in TORCHRUN_CASES:
+    torch_cases = [name for name, case in cases.CASES.items() if case.launcher == "torchrun"]
+    if spec.case not in torch_cases:
         raise ValueError(
-            f"{spec.case} is not a torch case; a PyTorchJob runs only {TORCHRUN_CASES}"
+            f"{spec.case} is not a torch case; a PyTorchJob runs only {', '.join(torch_cases)}"
         )
     if not spec.container_image:
         raise ValueError("a PyTorchJob needs container_image")
@@ -185,7 +220,7 @@ def pytorchjob(spec: WorkloadSpec) -> dict[str, Any]:
                 run_id=spec.name,
             ),
             "-m",
-            f"mlcluster_workloads.{spec.case}",
+            f"mlcluster_workloads.{spec.definition.module}",
             *spec.args,
         ],
     }
