@@ -240,7 +240,8 @@ def test_sbatch_nccl_tests_runs_one_mpi_rank_per_gpu_through_pmix():
     assert lines[-1] == (
         "/fsx/venv/bin/python -m mlcluster_workloads.allreduce --nccl-tests"
         " --nccl-tests-bin=/opt/nccl-tests/bin/all_reduce_perf"
-        " --launcher='srun --mpi=pmix --container-image='\"'\"'nvcr.io#nvidia/pytorch:25.01-py3'\"'\"'"
+        " --launcher='srun --mpi=pmix --container-image='\"'\"'"
+        "nvcr.io#nvidia/pytorch:25.01-py3'\"'\"'"
         " --container-mounts=/fsx:/fsx' --max-bytes 1G -- -g 1"
     )
 
