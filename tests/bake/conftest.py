@@ -16,7 +16,13 @@ PLUGINS = ROOT / "collections" / "ansible_collections" / "mlcluster" / "core" / 
 
 
 def load_plugin(kind: str, name: str):
-    """Import a collection plugin (filter, module) as a plain Python module."""
+    """Import a collection plugin (filter, module) as a plain Python module.
+
+    Its ``ansible_collections.mlcluster.core.plugins.module_utils`` imports resolve as in
+    Ansible once ``collections/`` is on the path (``ansible_collections`` is a namespace
+    package, shared with the collections of the ``ansible`` package)."""
+    if str(ROOT / "collections") not in sys.path:
+        sys.path.append(str(ROOT / "collections"))
     spec = importlib.util.spec_from_file_location(
         f"mlcluster_bake_test_{kind}_{name}", PLUGINS / kind / f"{name}.py"
     )

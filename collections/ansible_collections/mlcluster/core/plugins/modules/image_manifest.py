@@ -135,6 +135,33 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.mlcluster.core.plugins.module_utils.node import (  # noqa: E402
+    in_container,
+    probe_hardware,
+)
+from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  # noqa: E402
+    NCCL_VERSION,
+    compare_claim,
+    nouveau_blacklisted,
+    package_version_ok,  # noqa: F401  # re-exported: tests and callers read the parsers here
+    parse_cuda_version_json,
+    parse_dkms_status,
+    parse_dpkg_query,
+    parse_efa_installed_packages,
+    parse_fi_info_providers,
+    parse_fi_info_version,
+    parse_first_version,
+    parse_key_values,
+    parse_nccl_binary,  # noqa: F401  # re-exported: tests and callers read the parsers here
+    parse_nccl_header,  # noqa: F401  # re-exported: tests and callers read the parsers here
+    parse_nvcc_version,
+    parse_proc_driver_version,
+    parse_rpm_qa,
+    split_package_spec,  # noqa: F401  # re-exported: tests and callers read the parsers here
+    strip_epoch,
+    version_from_soname,
+    versions_match,  # noqa: F401  # re-exported: tests and callers read the parsers here
+)
 
 COMPONENTS = [
     "nvidia_driver",
@@ -160,225 +187,6 @@ LIB_DIRS = [
     "/usr/local/lib64",
 ]
 MODPROBE_DIRS = ["/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d", "/run/modprobe.d"]
-CONTAINER_MARKERS = ["/run/.containerenv", "/.dockerenv"]
-
-# ---------------------------------------------------------------------------------------------
-# Parsers: pure functions over command output or file content (unit-tested).
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_dpkg_query(text: str) -> dict[str, str]:
-    """Installed packages {name: version} from
-    ``dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'``."""
-    packages = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and parts[2].strip().startswith("ii"):
-            packages[parts[0]] = parts[1]
-    return packages
-
-
-def parse_rpm_qa(text: str) -> dict[str, str]:
-    """``rpm -qa --qf '%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n'`` -> {name: version}."""
-    packages = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 2 and parts[0]:
-            version = parts[1][2:] if parts[1].startswith("0:") else parts[1]
-            packages[parts[0]] = version
-    return packages
-
-
-def strip_epoch(version: str | None) -> str | None:
-    if version is None:
-        return None
-    return version.split(":", 1)[1] if re.match(r"^\d+:", version) else version
-
-
-def versions_match(expected: str | None, actual: str | None) -> bool:
-    """``expected`` equals ``actual`` or is a prefix of it at a component boundary.
-
-    '580.95.05' matches '580.95.05-0ubuntu1' and '1:580.95.05-1.amzn2023'; '12.9' matches
-    '12.9.1'; '2.29.3' does not match '2.29.30'.
-    """
-    if expected is None:
-        return True
-    if actual is None:
-        return False
-    expected, actual = str(strip_epoch(str(expected))), str(strip_epoch(str(actual)))
-    if actual == expected:
-        return True
-    return actual.startswith(expected) and actual[len(expected)] in ".-+~_"
-
-
-def parse_nvcc_version(text: str) -> str | None:
-    """'Cuda compilation tools, release 12.9, V12.9.86' -> '12.9.86'."""
-    match = re.search(r"release (\d+\.\d+), V(\d+(?:\.\d+)+)", text)
-    if match:
-        return match.group(2)
-    match = re.search(r"release (\d+\.\d+)", text)
-    return match.group(1) if match else None
-
-
-def parse_cuda_version_json(text: str) -> str | None:
-    """/usr/local/cuda/version.json -> the toolkit release ('12.9.1')."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return (data.get("cuda") or {}).get("version")
-
-
-NCCL_VERSION = re.compile(rb"NCCL version (\d+\.\d+\.\d+)[^+\x00]*\+cuda(\d+\.\d+)")
-
-
-def parse_nccl_binary(blob) -> tuple[str | None, str | None]:
-    """The version string compiled into libnccl ('NCCL version 2.29.3+cuda12.9')."""
-    match = NCCL_VERSION.search(blob)
-    if not match:
-        return None, None
-    return match.group(1).decode(), match.group(2).decode()
-
-
-def parse_nccl_header(text: str) -> str | None:
-    """nccl.h -> '2.29.3' from NCCL_MAJOR/NCCL_MINOR/NCCL_PATCH."""
-    parts = [
-        re.search(rf"#define NCCL_{name}\s+(\d+)", text) for name in ("MAJOR", "MINOR", "PATCH")
-    ]
-    if not all(parts):
-        return None
-    return ".".join(part.group(1) for part in parts)
-
-
-def parse_fi_info_version(text: str) -> str | None:
-    """``fi_info --version`` -> the libfabric version ('1.17.0', '2.1.0amzn2.0')."""
-    match = re.search(r"^libfabric:\s*(\S+)", text, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def parse_fi_info_providers(text: str) -> list[str]:
-    """``fi_info -l`` -> provider names (core providers, without ;ofi_rxm-style layering)."""
-    return sorted(
-        {
-            line[:-1].split(";")[0]
-            for line in text.splitlines()
-            if re.match(r"^[A-Za-z0-9_;]+:$", line)
-        }
-    )
-
-
-def parse_efa_installed_packages(text: str) -> str | None:
-    """/opt/amazon/efa_installed_packages -> the installer version ('1.41.0')."""
-    match = re.search(r"EFA installer version:\s*(\S+)", text)
-    return match.group(1) if match else None
-
-
-def parse_dkms_status(text: str) -> list[dict]:
-    """``dkms status`` (old and new formats) -> [{module, version, kernel, arch, state}]."""
-    entries = []
-    for line in text.splitlines():
-        match = re.match(
-            r"^([^/,\s]+)[/,]\s*([^,:\s]+)(?:,\s*([^,:]+))?(?:,\s*([^:]+))?:\s*(.+)$", line.strip()
-        )
-        if match:
-            module, version, kernel, arch, state = match.groups()
-            entries.append(
-                {
-                    "module": module,
-                    "version": version,
-                    "kernel": kernel,
-                    "arch": arch,
-                    "state": state.strip(),
-                }
-            )
-    return entries
-
-
-def parse_proc_driver_version(text: str) -> str | None:
-    """/proc/driver/nvidia/version -> the loaded kernel module's version."""
-    match = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
-    return match.group(1) if match else None
-
-
-def version_from_soname(path: str, stem: str) -> str | None:
-    """'/usr/lib/.../libnvidia-ml.so.535.261.03' -> '535.261.03' (for stem 'libnvidia-ml.so')."""
-    name = os.path.basename(path)
-    if not name.startswith(stem + "."):
-        return None
-    suffix = name[len(stem) + 1 :]
-    return suffix if re.match(r"^\d+(?:\.\d+){1,3}$", suffix) and suffix.count(".") >= 1 else None
-
-
-def parse_first_version(text: str, pattern: str) -> str | None:
-    match = re.search(pattern, text, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def nouveau_blacklisted(texts: list[str]) -> bool:
-    return any(re.search(r"^\s*blacklist\s+nouveau\s*$", text, re.MULTILINE) for text in texts)
-
-
-def parse_key_values(text: str) -> dict[str, str]:
-    """sysctl.d / systemd drop-in style 'key=value' lines (comments and sections skipped)."""
-    values = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;[" or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        values[key.strip()] = value.strip()
-    return values
-
-
-def split_package_spec(spec: str, installed: dict[str, str]) -> tuple[str, str | None]:
-    """Package name and version pattern of an apt or dnf install spec.
-
-    'nvidia-utils-580=580.95.05-*' -> (name, '580.95.05-*');
-    'nvidia-driver-cuda-580.95.05' -> ('nvidia-driver-cuda', '580.95.05').
-    """
-    if "=" in spec:
-        name, version = spec.split("=", 1)
-        return name, version
-    if spec in installed:
-        return spec, None
-    match = re.match(r"^(.*?)-(\d[\w.:+~]*)$", spec)
-    if match:
-        return match.group(1), match.group(2)
-    return spec, None
-
-
-def package_version_ok(pattern: str | None, installed_version: str) -> bool:
-    if pattern is None:
-        return True
-    installed = strip_epoch(installed_version) or ""
-    pattern = strip_epoch(pattern) or ""
-    if any(char in pattern for char in "*?["):
-        return fnmatch.fnmatch(installed, pattern)
-    return versions_match(pattern, installed)
-
-
-def compare_claim(
-    name: str, claim: dict, info: dict, installed: dict[str, str], expected: str | None
-) -> list[str]:
-    """Version drift between what a role intended (claim / expected) and what is installed."""
-    problems = []
-    want = expected if expected is not None else claim.get("version")
-    if want is not None and info.get("present"):
-        have = info.get("version")
-        if have is None:
-            problems.append(
-                f"{name}: expected version {want}, but the installed version cannot be read back"
-            )
-        elif not versions_match(str(want), str(have)):
-            problems.append(f"{name}: expected version {want}, found {have}")
-    for spec in claim.get("packages") or []:
-        pkg, pattern = split_package_spec(str(spec), installed)
-        if pkg not in installed:
-            problems.append(f"{name}: package {pkg} is not installed")
-        elif not package_version_ok(pattern, installed[pkg]):
-            problems.append(f"{name}: package {pkg} is {installed[pkg]}, expected {pattern}")
-    return problems
-
 
 # ---------------------------------------------------------------------------------------------
 # Probes: read the system.
@@ -474,29 +282,6 @@ class Node:
             if os.access(path, os.X_OK):
                 return path
         return shutil.which(name)
-
-
-def probe_hardware() -> dict:
-    counts = {"nvidia_gpus": 0, "nvswitches": 0, "efa_devices": 0, "neuron_devices": 0}
-    for device in glob.glob("/sys/bus/pci/devices/*"):
-        vendor = (Node.read(os.path.join(device, "vendor")) or "").strip()
-        dev_id = (Node.read(os.path.join(device, "device")) or "").strip()
-        klass = (Node.read(os.path.join(device, "class")) or "").strip()
-        if vendor == "0x10de" and klass.startswith("0x03"):
-            counts["nvidia_gpus"] += 1
-        elif vendor == "0x10de" and klass.startswith("0x0680"):
-            counts["nvswitches"] += 1
-        elif vendor == "0x1d0f" and dev_id.startswith("0xefa"):
-            counts["efa_devices"] += 1
-    # The Neuron driver creates one node per device at boot; their PCI ids vary by generation.
-    counts["neuron_devices"] = len(glob.glob("/dev/neuron[0-9]*"))
-    return counts
-
-
-def in_container() -> bool:
-    if any(os.path.exists(marker) for marker in CONTAINER_MARKERS):
-        return True
-    return bool(re.search(r"\b(container|podman|docker|lxc)\b", Node.read("/proc/1/environ") or ""))
 
 
 def kernels_with_module(pattern: str) -> list[str]:
