@@ -16,6 +16,7 @@ from mlcluster.runner import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    RunResult,
     RunState,
     check_inventory,
     run_playbook,
@@ -209,8 +210,8 @@ def test_old_runs_are_rotated(monkeypatch):
 def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
     seen = {}
 
-    def fake_run_case(case, inventory, nodes, report, extra_args):
-        seen.update(case=case, nodes=nodes, report=report, extra_args=extra_args)
+    def fake_run_case(case, inventory, **kwargs):
+        seen.update(case=case, inventory=inventory, **kwargs)
         return 0
 
     monkeypatch.setattr("mlcluster.workload_run.run_case", fake_run_case)
@@ -219,10 +220,85 @@ def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
     )
     assert seen == {
         "case": "fsdp",
+        "inventory": Path("inventory/local"),
         "nodes": 2,
         "report": Path("r.json"),
         "extra_args": ["--steps", "3"],
+        "gpus_per_node": None,
+        "partition": None,
+        "container": None,
     }
+
+
+def _result(status="successful", rc=0, **hosts):
+    counters = dict.fromkeys(("ok", "changed", "failures", "unreachable", "skipped"), 0)
+    return RunResult(
+        rc=rc,
+        status=status,
+        hosts={name: {**counters, **values} for name, values in hosts.items()},
+        errors=[],
+        elapsed_s=1.0,
+        artifact_dir="/tmp/a",
+        playbook="site.yml",
+        inventory="/tmp/i",
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "exit_code"),
+    [
+        (_result(a={"ok": 3}), 0),
+        (_result(a={"ok": 3}, b={"failures": 1}), 1),
+        (_result(a={"unreachable": 1}, b={"ok": 2}), 3),
+        # a failed host outweighs an unreachable one
+        (_result(a={"unreachable": 1}, b={"failures": 1}), 1),
+        # ansible-playbook failed without a host failing (a syntax error, a bad --limit)
+        (_result("failed", 4, a={"ok": 1}), 1),
+        (_result("successful", 2), 1),
+        (_result("timeout", 0), 1),
+        # Ctrl-C: interrupted, whatever the hosts did before
+        (_result("canceled", -1, a={"failures": 1}, b={"unreachable": 1}), 130),
+    ],
+)
+def test_exit_codes_as_documented(result, exit_code):
+    assert (EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_CANCELED) == (0, 1, 3, 130)
+    assert result.exit_code == exit_code
+    assert result.report()["exit_code"] == exit_code
+
+
+@pytest.mark.parametrize(
+    ("hosts", "exit_code"),
+    [({"head": {"ok": 4}}, 0), ({"head": {"failures": 1}}, 1), ({"head": {"unreachable": 1}}, 3)],
+)
+def test_cli_deploy_exits_with_the_runs_code_and_writes_the_report(
+    monkeypatch, capsys, tmp_path, hosts, exit_code
+):
+    seen = {}
+
+    def fake_run_playbook(playbook, inventory, **kwargs):
+        seen.update(playbook=playbook, inventory=inventory, **kwargs)
+        return _result("successful" if exit_code == 0 else "failed", min(exit_code, 4), **hosts)
+
+    monkeypatch.setattr("mlcluster.runner.run_playbook", fake_run_playbook)
+    report = tmp_path / "report.json"
+    argv = ["deploy", "-i", "inv", "--limit", "head", "--tags", "slurm", "--check"]
+    assert cli.main([*argv, "--report", str(report)]) == exit_code
+    assert (seen["playbook"], seen["inventory"]) == ("site.yml", "inv")
+    assert (seen["limit"], seen["tags"], seen["check"]) == ("head", "slurm", True)
+    written = json.loads(report.read_text())
+    assert (written["exit_code"], written["hosts"]["head"]) == (
+        exit_code,
+        _result(**hosts).hosts["head"],
+    )
+    assert "head" in capsys.readouterr().out
+
+
+def test_cli_deploy_interrupted_exits_130(monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mlcluster.runner.run_playbook", interrupted)
+    assert cli.main(["deploy", "-i", "inv"]) == 130
 
 
 def test_a_generic_failure_message_carries_the_commands_stderr():

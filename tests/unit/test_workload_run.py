@@ -1,32 +1,141 @@
-"""`mlcluster run`: the rendered job, the inventory lookup and the metrics parsing."""
+"""`mlcluster run`: the rendered batch scripts line by line, the inventory lookup, the metrics
+parsing, and the whole run against a fake controller (no SSH) that answers squeue, sacct, sinfo
+and cat as a Slurm controller would, down to the exit status when the job fails."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import subprocess
+import time
+from types import SimpleNamespace
 
 import pytest
+from rich.console import Console
 
-from mlcluster import workload_run
+from mlcluster import cli, workload_run
 from mlcluster.errors import MlclusterError
+from mlcluster.runner import EXIT_FAILED, EXIT_OK
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+HEADER = [
+    "# Rendered by mlcluster_workloads.launch.",
+    "set -euo pipefail",
+    "",
+    "export OMP_NUM_THREADS=1",
+    "export PYTHONUNBUFFERED=1",
+    "",
+    'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+    "",
+]
+TORCHRUN_CPU = (
+    "  /fsx/mlcluster/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=1"
+    " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\"
+)
 
 
-def test_render_script_runs_the_case_from_the_shared_venv():
-    script = workload_run.render_script("jax", 2, ["--steps", "5"], "mlcluster-jax-1")
-    assert "#SBATCH --nodes=2" in script
-    assert "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out" in script
-    assert "/fsx/mlcluster/venv/bin/python \\" in script
-    assert "-m mlcluster_workloads.jax_dp --coordinator=$head_node:" in script
-    assert "--gpus-per-node" not in script
+def script_lines(case, nodes, job_name, gpus_per_node=0, extra_args=(), **kwargs):
+    args = workload_run.case_arguments(case, list(extra_args), gpus_per_node, job_name)
+    return workload_run.render_script(
+        case, nodes, args, job_name, gpus_per_node=gpus_per_node, **kwargs
+    ).splitlines()
 
 
-def test_render_script_uses_torchrun_for_ddp():
-    script = workload_run.render_script("ddp", 2, ["--steps", "5"], "mlcluster-ddp-1")
-    assert "/fsx/mlcluster/venv/bin/torchrun" in script
-    assert "--rdzv_backend=c10d" in script
-    assert "-m mlcluster_workloads.ddp --steps 5" in script
+def test_ddp_on_cpu_nodes():
+    assert script_lines("ddp", 2, "mlcluster-ddp-1") == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=mlcluster-ddp-1",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --exclusive",
+        "#SBATCH --requeue",
+        "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
+        *HEADER,
+        "srun \\",
+        TORCHRUN_CPU,
+        "  -m mlcluster_workloads.ddp --steps 40",
+    ]
+
+
+def test_jax_runs_one_process_per_node_with_the_first_node_as_coordinator():
+    assert script_lines("jax", 3, "mlcluster-jax-1", extra_args=["--", "--steps", "5"]) == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=mlcluster-jax-1",
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --exclusive",
+        "#SBATCH --requeue",
+        "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
+        *HEADER,
+        "srun \\",
+        "  /fsx/mlcluster/venv/bin/python \\",
+        "  -m mlcluster_workloads.jax_dp --coordinator=$head_node:12355 --steps 5",
+    ]
+
+
+def test_fsdp_on_gpu_nodes_in_a_pyxis_image_checkpoints_on_fsx():
+    lines = script_lines(
+        "fsdp",
+        2,
+        "mlcluster-fsdp-1",
+        gpus_per_node=8,
+        partition="p5",
+        container="nvcr.io#nvidia/pytorch:25.01-py3",
+    )
+    assert lines == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=mlcluster-fsdp-1",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --exclusive",
+        "#SBATCH --partition=p5",
+        "#SBATCH --requeue",
+        "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
+        *HEADER,
+        "srun --container-image='nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/fsx:/fsx \\",
+        "  /fsx/mlcluster/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8"
+        " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\",
+        "  -m mlcluster_workloads.fsdp --config 1b --steps 50"
+        " --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-fsdp-1",
+    ]
+
+
+def test_a_given_checkpoint_dir_is_kept():
+    assert workload_run.case_arguments("fsdp", ["--checkpoint-dir=/fsx/mine"], 0, "j") == [
+        "--checkpoint-dir=/fsx/mine"
+    ]
+
+
+def test_allreduce_in_an_oci_bundle():
+    assert script_lines("allreduce", 2, "mlcluster-allreduce-1", container="/fsx/bundles/torch")[
+        -3:
+    ] == [
+        "srun --container=/fsx/bundles/torch \\",
+        TORCHRUN_CPU,
+        "  -m mlcluster_workloads.allreduce --max-bytes 16M --iters 10",
+    ]
+
+
+def test_nccl_tests_run_one_mpi_rank_per_gpu():
+    assert script_lines("nccl_tests", 2, "mlcluster-nccl-tests-1", gpus_per_node=8) == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=mlcluster-nccl-tests-1",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=8",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --exclusive",
+        "#SBATCH --requeue",
+        "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
+        *HEADER,
+        "/fsx/mlcluster/venv/bin/python -m mlcluster_workloads.allreduce --nccl-tests"
+        " --nccl-tests-bin=/opt/nccl-tests/bin/all_reduce_perf --launcher='srun --mpi=pmix'"
+        " --min-bytes 8 --max-bytes 16G -- -g 1 -n 20",
+    ]
+
+
+def test_a_bad_spec_is_bad_input():
+    with pytest.raises(MlclusterError, match="needs GPUs") as exc:
+        workload_run.render_script("nccl_tests", 2, [], "j", gpus_per_node=0)
+    assert exc.value.exit_code == 2
 
 
 def test_parse_metrics_keeps_steps_and_summary_only():
@@ -34,6 +143,7 @@ def test_parse_metrics_keeps_steps_and_summary_only():
         "some log line",
         json.dumps({"event": "step", "step": 1, "loss": 2.0}),
         "{not json",
+        json.dumps({"event": "rank", "rank": 1}),
         json.dumps({"event": "step", "step": 2, "loss": 1.0}),
         json.dumps({"event": "summary", "first_loss": 2.0, "final_loss": 1.0}),
     ]
@@ -42,15 +152,21 @@ def test_parse_metrics_keeps_steps_and_summary_only():
     assert summary == {"event": "summary", "first_loss": 2.0, "final_loss": 1.0}
 
 
-def test_summary_table_says_mfu_unknown_without_a_peak():
-    from rich.console import Console
+@pytest.mark.parametrize(
+    ("gres", "gpus"),
+    [("(null)", 0), ("gpu:8", 8), ("gpu:h100:8(S:0-1)", 8), ("gpu:a10g:2,gpu:t4:1", 3)],
+)
+def test_parse_gres_gpus(gres, gpus):
+    assert workload_run.parse_gres_gpus(gres) == gpus
 
+
+def test_summary_table_rows():
     console = Console(width=120, record=True)
     summary = {
         "world_size": 2,
         "first_loss": 2.0,
         "final_loss": 0.5,
-        "samples_per_s": 100.0,
+        "samples_per_s": 1234.5,
         "tokens_per_s": None,
         "tflops_per_device": 0.001,
         "mfu": None,
@@ -58,9 +174,23 @@ def test_summary_table_says_mfu_unknown_without_a_peak():
     }
     console.print(workload_run.summary_table("ddp", "7", "COMPLETED", [{}, {}], summary))
     text = console.export_text()
-    assert "ddp (job 7): COMPLETED" in text
-    assert "0.5000" in text
-    assert "unknown (no peak for this device)" in text
+    rows = {
+        cells[0]: cells[1]
+        for line in text.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == 2
+    }
+    assert text.splitlines()[0].strip() == "ddp (job 7): COMPLETED"
+    assert rows == {
+        "world size": "2",
+        "steps": "2",
+        "first loss": "2.0000",
+        "final loss": "0.5000",
+        "samples/s": "1,234.5",
+        "tokens/s": "n/a (not a token model)",
+        "TFLOP/s per device": "0.0010",
+        "MFU": "unknown (no peak for this device)",
+        "step time (s)": "0.200",
+    }
 
 
 def test_controller_target_from_inventory(tmp_path):
@@ -74,7 +204,16 @@ def test_controller_target_from_inventory(tmp_path):
     )
     target = workload_run.controller_target(inv)
     assert (target.host, target.address, target.user) == ("head", "10.0.0.5", "admin")
-    assert target.ssh_args[-4:] == ["-i", "/keys/id", "-o", "StrictHostKeyChecking=no"]
+    assert target.ssh_args == [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=10",
+        "-i",
+        "/keys/id",
+        "-o",
+        "StrictHostKeyChecking=no",
+    ]
 
 
 def test_controller_target_needs_a_controller(tmp_path):
@@ -82,3 +221,193 @@ def test_controller_target_needs_a_controller(tmp_path):
     inv.write_text("all:\n  hosts:\n    lonely: {}\n")
     with pytest.raises(MlclusterError, match="no host in group slurm_controller"):
         workload_run.controller_target(inv)
+
+
+# ---- the whole run against a fake controller ------------------------------------------------
+
+JOB_ID = "4242"
+NOW = 1_700_000_000
+STEP = json.dumps({"event": "step", "step": 1, "loss": 2.5})
+SUMMARY = json.dumps(
+    {"event": "summary", "world_size": 2, "first_loss": 2.5, "final_loss": 0.4, "mfu": None}
+)
+CPU_PARTITION = "compute1 (null) batch*\ncompute2 (null) batch*\n"
+
+
+class FakeController:
+    """Answers the commands `mlcluster run` sends over SSH like a Slurm controller would."""
+
+    host = "head"
+
+    def __init__(self, squeue=("PENDING", "RUNNING"), sacct="", output="", sinfo=CPU_PARTITION):
+        self.squeue = list(squeue)
+        self.sacct, self.output, self.sinfo = sacct, output, sinfo
+        self.sbatch = (0, f"{JOB_ID};hetero\n", "")
+        self.uploads: dict[str, str] = {}
+        self.commands: list[str] = []
+
+    def run(self, command: str, input_text: str | None = None, timeout: float = 120):
+        self.commands.append(command)
+        rc, out, err = 0, "", ""
+        if command.startswith("cat > "):
+            self.uploads[command.split()[2]] = input_text
+        elif "sbatch --parsable" in command:
+            rc, out, err = self.sbatch
+        elif command.startswith("sinfo "):
+            out = self.sinfo
+        elif command.startswith(f"squeue -h -j {JOB_ID} "):
+            out = self.squeue.pop(0) + "\n" if self.squeue else ""
+        elif command.startswith(f"sacct -n -X -P -j {JOB_ID} "):
+            out = self.sacct
+        elif command.startswith("cat /fsx/mlcluster/jobs/mlcluster-"):
+            out = self.output
+        else:
+            raise AssertionError(f"unexpected command on the controller: {command}")
+        return subprocess.CompletedProcess(command, rc, out, err)
+
+
+@pytest.fixture
+def controller(monkeypatch, tmp_path):
+    """A fake controller behind `mlcluster run`; the install playbook succeeds."""
+    fake = FakeController()
+    monkeypatch.setattr(workload_run, "controller_target", lambda _inventory: fake)
+    monkeypatch.setattr(
+        workload_run, "run_playbook", lambda *_a, **_k: SimpleNamespace(exit_code=EXIT_OK)
+    )
+    monkeypatch.setattr(
+        workload_run,
+        "time",
+        SimpleNamespace(time=lambda: NOW, monotonic=time.monotonic, sleep=lambda _s: None),
+    )
+    fake.inventory = tmp_path / "hosts.yml"
+    fake.inventory.write_text("all: {}\n")
+    return fake
+
+
+def run(controller, case="ddp", **kwargs):
+    console = Console(width=200, record=True)
+    code = workload_run.run_case(case, controller.inventory, console=console, **kwargs)
+    return code, console.export_text()
+
+
+def test_a_completed_job_exits_zero_with_its_report(controller, tmp_path):
+    controller.sacct = "COMPLETED\n"
+    controller.output = f"starting\n{STEP}\n{SUMMARY}\n"
+    report = tmp_path / "out" / "metrics.json"
+    code, text = run(controller, report=report)
+    assert code == EXIT_OK
+    assert f"submitted ddp as job {JOB_ID} on 2 node(s), 0 GPU(s) each" in text
+    assert "ended" not in text
+    script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
+    assert script.splitlines()[-1] == "  -m mlcluster_workloads.ddp --steps 40"
+    # squeue while the job is queued and running, then sacct once it has left the queue
+    polls = [c.split()[0] for c in controller.commands if c.startswith(("squeue", "sacct"))]
+    assert polls == ["squeue", "squeue", "squeue", "sacct"]
+    assert json.loads(report.read_text()) == {
+        "case": "ddp",
+        "job_id": JOB_ID,
+        "state": "COMPLETED",
+        "nodes": 2,
+        "gpus_per_node": 0,
+        "partition": None,
+        "container": None,
+        "args": ["--steps", "40"],
+        "output": f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}-{JOB_ID}.out",
+        "summary": json.loads(SUMMARY),
+        "steps": [json.loads(STEP)],
+    }
+
+
+@pytest.mark.parametrize(
+    ("sacct", "state"),
+    [
+        ("FAILED\n", "FAILED"),
+        ("CANCELLED by 1000\n", "CANCELLED"),
+        ("TIMEOUT\n", "TIMEOUT"),
+        ("OUT_OF_MEMORY\n", "OUT_OF_MEMORY"),
+        ("NODE_FAIL\n", "NODE_FAIL"),
+    ],
+)
+def test_a_job_that_does_not_complete_exits_non_zero_with_the_reason(controller, sacct, state):
+    controller.sacct = sacct
+    controller.output = (
+        f"{STEP}\nTraceback (most recent call last):\n"
+        "RuntimeError: Connection reset by peer (gloo)\n"
+    )
+    code, text = run(controller)
+    assert code == EXIT_FAILED
+    assert f"ddp (job {JOB_ID}): {state}" in text
+    tail = text[text.index(f"job {JOB_ID} ended {state}; last output lines:") :].splitlines()
+    assert tail[1:] == [
+        STEP,
+        "Traceback (most recent call last):",
+        "RuntimeError: Connection reset by peer (gloo)",
+    ]
+
+
+def test_a_completed_job_without_its_summary_is_a_failure(controller):
+    controller.sacct = "COMPLETED\n"
+    controller.output = f"{STEP}\n"
+    code, text = run(controller)
+    assert code == EXIT_FAILED
+    assert f"job {JOB_ID} ended COMPLETED; last output lines:" in text
+
+
+def test_the_cli_exits_with_the_failed_jobs_status(controller, capsys):
+    controller.sacct = "FAILED\n"
+    controller.output = "RuntimeError: boom\n"
+    assert cli.main(["run", "ddp", "-i", str(controller.inventory)]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"job {JOB_ID} ended FAILED; last output lines:\nRuntimeError: boom" in out
+
+
+def test_a_rejected_submission_is_an_error_with_sbatchs_message(controller):
+    controller.sbatch = (1, "", "sbatch: error: invalid partition specified: p6\n")
+    with pytest.raises(MlclusterError) as exc:
+        run(controller, partition="p6", gpus_per_node=0)
+    assert str(exc.value) == "sbatch failed on head: sbatch: error: invalid partition specified: p6"
+    assert not [c for c in controller.commands if c.startswith(("squeue", "sacct"))]
+
+
+def test_a_failed_install_stops_before_submitting(controller, monkeypatch):
+    monkeypatch.setattr(
+        workload_run, "run_playbook", lambda *_a, **_k: SimpleNamespace(exit_code=EXIT_FAILED)
+    )
+    monkeypatch.setattr("mlcluster.display.print_summary", lambda _result: None)
+    with pytest.raises(MlclusterError, match="installing the test cases failed") as exc:
+        run(controller)
+    assert exc.value.exit_code == EXIT_FAILED
+    assert controller.commands == []
+
+
+def test_gpus_per_node_come_from_the_partitions_gres(controller):
+    controller.sinfo = "p5-1 gpu:h100:8(S:0-1) p5\np5-2 gpu:h100:4 p5\n"  # sinfo -p p5
+    controller.sacct = "COMPLETED\n"
+    controller.output = f"{SUMMARY}\n"
+    code, text = run(controller, partition="p5")
+    assert code == EXIT_OK
+    assert "on 2 node(s), 4 GPU(s) each" in text
+    script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
+    assert "#SBATCH --gpus-per-node=4" in script.splitlines()
+    assert script.splitlines()[-1] == "  -m mlcluster_workloads.ddp --steps 200"
+
+
+def test_a_gpu_case_on_a_cpu_partition_is_bad_input(controller):
+    with pytest.raises(MlclusterError, match="nccl_tests needs GPUs") as exc:
+        run(controller, case="nccl_tests")
+    assert exc.value.exit_code == 2
+    assert not any("sbatch" in c for c in controller.commands)
+
+
+def test_nodes_below_one_is_bad_input(controller):
+    with pytest.raises(MlclusterError, match="--nodes must be at least 1") as exc:
+        run(controller, nodes=0)
+    assert exc.value.exit_code == 2
+
+
+def test_job_state_reads_squeue_then_sacct():
+    target = FakeController(squeue=["RUNNING"], sacct="")
+    assert workload_run.job_state(target, JOB_ID) == "RUNNING"
+    assert workload_run.job_state(target, JOB_ID) is None
+    target.sacct = "COMPLETED\nCOMPLETED\n"
+    assert workload_run.job_state(target, JOB_ID) == "COMPLETED"
