@@ -37,6 +37,15 @@ def build_model(in_features: int, hidden: int, depth: int, *, seed: int) -> nn.S
         torch.random.set_rng_state(generator_state)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
 def weight_shapes(model: nn.Module) -> list[tuple[int, int]]:
     return [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
 
@@ -57,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64, help="samples per rank per step")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adamw",
+        help="sgd's steps scale with the gradient, so a summed instead of averaged gradient shows",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--depth", type=int, default=2, help="hidden layers")
     parser.add_argument("--in-features", type=int, default=32)
@@ -86,18 +101,19 @@ def main(argv: list[str] | None = None) -> None:
             seed=args.seed,
             shuffle=True,
         )
-        model = build_model(args.in_features, args.hidden, args.depth, seed=args.seed)
+        net = build_model(args.in_features, args.hidden, args.depth, seed=args.seed)
         model = DistributedDataParallel(
-            model.to(ctx.device),
+            net.to(ctx.device),
             device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
         )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+        optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
+        rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
         reporter = metrics.Reporter(
             case="ddp",
             world_size=ctx.world_size,
             device=dist.reporter_device(ctx.device),
             samples_per_step=sampler.global_batch,
-            flops_per_sample=metrics.mlp_flops_per_sample(weight_shapes(model.module)),
+            flops_per_sample=metrics.mlp_flops_per_sample(weight_shapes(net)),
             warmup_steps=args.warmup_steps,
             peak_tflops=args.peak_tflops,
             enabled=ctx.is_main,
@@ -105,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
             extra={"backend": ctx.backend, "global_batch": sampler.global_batch},
         )
         for step in range(1, args.steps + 1):
-            index = torch.from_numpy(sampler.indices(step - 1))
+            indices = sampler.indices(step - 1)
+            index = torch.from_numpy(indices)
             inputs, targets = x[index].to(ctx.device), y[index].to(ctx.device)
             dist.synchronize(ctx.device)
             started = time.perf_counter()
@@ -113,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
             dist.synchronize(ctx.device)
             elapsed = time.perf_counter() - started
             reporter.step(step, dist.mean_across_ranks(loss), elapsed)
+            rank_report.step(step, indices, loss)
         reporter.summary()
+        if rank_report.enabled:
+            rank_report.finish(dist.host_parameters(net))
     finally:
         dist.shutdown()
 

@@ -11,8 +11,10 @@ import argparse
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from mlcluster_workloads.metrics import Device
 
@@ -103,6 +105,19 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     reduced = value.detach().clone().float()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.item() / dist.get_world_size()
+
+
+def host_parameters(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter, whole, as float32 NumPy arrays on the host. Sharded (DTensor) parameters
+    are gathered, a collective: every rank must call this."""
+    return {
+        name: (param.full_tensor() if isinstance(param, DTensor) else param)
+        .detach()
+        .float()
+        .cpu()
+        .numpy()
+        for name, param in model.named_parameters()
+    }
 
 
 def reporter_device(device: torch.device) -> Device:

@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per rank per step")
     parser.add_argument("--steps", type=int, default=20, help="last step to run (1-based)")
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument(
+        "--optimizer",
+        choices=("adamw", "sgd"),
+        default="adamw",
+        help="sgd's steps scale with the gradient, so a summed instead of averaged gradient shows",
+    )
     parser.add_argument("--lr-warmup-steps", type=int, default=0)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0: off")
@@ -164,9 +170,12 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         compile_blocks=args.compile,
         reshard_after_forward=not args.no_reshard_after_forward,
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
-    )
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
+        )
     if args.data_file:
         source = TokenFile(args.data_file, args.seq_len, dtype=args.data_dtype)
     else:
@@ -233,9 +242,11 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
     if start_step:
         reporter.emit({"event": "resume", "case": "fsdp", "step": start_step})
 
+    rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
-        tokens = source.batch(sampler.indices(step - 1))
+        indices = sampler.indices(step - 1)
+        tokens = source.batch(indices)
         if tokens.max() >= config.vocab_size:
             raise SystemExit(
                 f"token id {tokens.max()} in the data is outside the {args.config} vocabulary "
@@ -250,6 +261,7 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         dist.synchronize(ctx.device)
         elapsed = time.perf_counter() - started
         reporter.step(step, dist.mean_across_ranks(loss), elapsed)
+        rank_report.step(step, indices, loss)
 
         if checkpointer is not None and args.checkpoint_every and step % args.checkpoint_every == 0:
             started = time.perf_counter()
@@ -273,6 +285,8 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
             print(f"stopping after step {step} as asked", file=sys.stderr)
             break
     reporter.summary(stopped_early=stopped_early)
+    if rank_report.enabled:
+        rank_report.finish(dist.host_parameters(model))
 
 
 if __name__ == "__main__":

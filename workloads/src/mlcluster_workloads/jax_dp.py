@@ -82,15 +82,18 @@ def make_train_step(mesh: Mesh, lr: float, optimizer: str, betas=(0.9, 0.999), e
         # with respect to the replicated parameters gives the averaged gradient: shard_map's
         # transpose of "use replicated params on varying data" is a psum across "dp", and the
         # pmean contributes the 1/n. (Taking local gradients and pmean-ing them would double
-        # count: those gradients come out already summed across devices.)
-        return jax.lax.pmean(jnp.mean((forward(params, x) - y) ** 2), "dp")
+        # count: those gradients come out already summed across devices.) The device's own
+        # loss rides along, undifferentiated, for --debug-report.
+        local = jnp.mean((forward(params, x) - y) ** 2)
+        return jax.lax.pmean(local, "dp"), local
 
     def step(params, moments, count, x, y):
-        loss, grads = jax.value_and_grad(global_loss)(params, x, y)
+        (loss, local), grads = jax.value_and_grad(global_loss, has_aux=True)(params, x, y)
+        local = local[None]  # one entry per device: out_specs split it over "dp"
         count = count + 1
         if optimizer == "sgd":
             params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-            return params, moments, count, loss
+            return params, moments, count, loss, local
         first = jax.tree.map(lambda m, g: betas[0] * m + (1 - betas[0]) * g, moments[0], grads)
         second = jax.tree.map(lambda v, g: betas[1] * v + (1 - betas[1]) * g * g, moments[1], grads)
         correction1 = 1 - betas[0] ** count
@@ -101,7 +104,7 @@ def make_train_step(mesh: Mesh, lr: float, optimizer: str, betas=(0.9, 0.999), e
             first,
             second,
         )
-        return params, (first, second), count, loss
+        return params, (first, second), count, loss, local
 
     replicated, split = P(), P("dp")
     return jax.jit(
@@ -109,7 +112,7 @@ def make_train_step(mesh: Mesh, lr: float, optimizer: str, betas=(0.9, 0.999), e
             step,
             mesh=mesh,
             in_specs=(replicated, replicated, replicated, split, split),
-            out_specs=(replicated, replicated, replicated, replicated),
+            out_specs=(replicated, replicated, replicated, replicated, split),
         ),
         donate_argnums=(0, 1),
     )
@@ -222,15 +225,24 @@ def train(args: argparse.Namespace, stream: TextIO) -> None:
             "global_batch": sampler.global_batch,
         },
     )
+    rank_report = metrics.RankReport(args.debug_report, process, processes)
     for step in range(1, args.steps + 1):
         index = sampler.indices(step - 1)
         batch_x = jax.make_array_from_process_local_data(split, x[index])
         batch_y = jax.make_array_from_process_local_data(split, y[index])
         started = time.perf_counter()
-        params, moments, count, loss = train_step(params, moments, count, batch_x, batch_y)
+        params, moments, count, loss, local = train_step(params, moments, count, batch_x, batch_y)
         loss_value = float(loss.addressable_data(0))  # waits for the step
         reporter.step(step, loss_value, time.perf_counter() - started)
+        if rank_report.enabled:  # this process's devices' losses on its block: their mean
+            rank_report.step(
+                step, index, np.mean([np.asarray(s.data) for s in local.addressable_shards])
+            )
     reporter.summary()
+    if rank_report.enabled:
+        rank_report.finish(
+            {name: np.asarray(value.addressable_data(0)) for name, value in params.items()}
+        )
     if args.dump_params:
         out = Path(args.dump_params)
         out.mkdir(parents=True, exist_ok=True)

@@ -4,20 +4,28 @@ nothing here imports either).
 Rank 0 prints one JSON object per line to stdout and nothing else there (logs go to stderr):
 ``{"event": "step", ...}`` for every step and ``{"event": "summary", ...}`` at the end. The
 FLOP formulas and the peak table are explained in docs/workloads.md.
+
+With ``--debug-report DIR`` every rank also writes what it did (``RankReport``), so that tests
+can check distributed correctness from the processes' own account rather than by rebuilding
+the model and sampler themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import re
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 # Dense (no structured sparsity) bf16 tensor-core peaks in TFLOP/s per device, from the vendors'
 # datasheets; docs/workloads.md cites each. Patterns are matched in order against the device
@@ -118,6 +126,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="per-device peak for MFU; default: the table entry for the device, none on CPU",
     )
+    parser.add_argument(
+        "--debug-report",
+        metavar="DIR",
+        help="every rank writes DIR/rank-<r>.json (the sample indices it read and its own loss "
+        "at each step, a digest of its final parameters) and DIR/rank-<r>.npz (the parameters)",
+    )
+
+
+def parameters_digest(params: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order: equal only for equal models."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        value = np.ascontiguousarray(params[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+class RankReport:
+    """One rank's account of its run, written with ``--debug-report DIR`` (a no-op without).
+
+    ``DIR/rank-<r>.json``: ``{"rank", "world_size", "steps": [{"step", "indices",
+    "local_loss"}], "param_digest"}``, and ``DIR/rank-<r>.npz``: the final parameters, unsharded.
+    ``local_loss`` is this rank's loss on its own block, before any reduction across ranks.
+    """
+
+    def __init__(self, directory: str | None, rank: int, world_size: int) -> None:
+        self.path = Path(directory) / f"rank-{rank}" if directory else None
+        self.record: dict[str, Any] = {"rank": rank, "world_size": world_size, "steps": []}
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def step(self, step: int, indices: Any, local_loss: Any) -> None:
+        if self.enabled:  # float() waits for the device: only when asked for
+            self.record["steps"].append(
+                {
+                    "step": step,
+                    "indices": np.asarray(indices).tolist(),
+                    "local_loss": float(local_loss),
+                }
+            )
+
+    def finish(self, params: Mapping[str, np.ndarray]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.record["param_digest"] = parameters_digest(params)
+        np.savez(self.path.with_suffix(".npz"), **params)
+        self.path.with_suffix(".json").write_text(json.dumps(self.record) + "\n")
 
 
 @dataclass
