@@ -226,7 +226,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         )
         retries = {
             "mode": self.get_option("retry_mode"),
-            "max_attempts": self.get_option("max_attempts"),
+            # botocore's max_attempts counts retries only; total_max_attempts counts every call.
+            "total_max_attempts": self.get_option("max_attempts"),
         }
         return session.client(
             "sagemaker",
@@ -272,37 +273,50 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     # --- the inventory ---------------------------------------------------------------------
 
     def group_mapping(self, config_dir):
-        """(controller groups, login groups, {compute group: partition} or None for 'the rest')."""
+        """Controller groups, login groups, {compute group: partition} (None: every other group),
+        and whether the controller and login groups are the defaults rather than named."""
         params = {}
-        params_path = self.get_option("provisioning_parameters")
-        if params_path:
-            params_path = os.path.join(config_dir, os.path.expanduser(params_path))
-            try:
-                with open(params_path, encoding="utf-8") as f:
-                    params = json.load(f)
-            except (OSError, ValueError) as e:
-                raise AnsibleParserError(f"provisioning_parameters {params_path}: {e}") from e
+        if self.get_option("provisioning_parameters"):
+            params = self.provisioning_parameters(config_dir)
         controllers = self.get_option("controller_groups")
-        if controllers is None:
-            controllers = [params["controller_group"]] if params.get("controller_group") else None
+        if controllers is None and params.get("controller_group"):
+            controllers = [params["controller_group"]]
         logins = self.get_option("login_groups")
-        if logins is None:
-            logins = [params["login_group"]] if params.get("login_group") else None
-            if logins is None and params:
-                logins = []
+        if logins is None and params:
+            logins = [params["login_group"]] if params.get("login_group") else []
         computes = self.get_option("compute_groups")
         if computes is None and params.get("worker_groups"):
-            computes = {
-                w["instance_group_name"]: w["partition_name"] for w in params["worker_groups"]
-            }
+            try:
+                computes = {
+                    w["instance_group_name"]: w["partition_name"] for w in params["worker_groups"]
+                }
+            except (KeyError, TypeError) as e:
+                raise AnsibleParserError(
+                    "provisioning_parameters: each of worker_groups needs instance_group_name"
+                    f" and partition_name ({e!r} in {params['worker_groups']!r})"
+                ) from e
         return (
-            DEFAULT_CONTROLLER_GROUPS if controllers is None else controllers,
+            controllers or DEFAULT_CONTROLLER_GROUPS,
             DEFAULT_LOGIN_GROUPS if logins is None else logins,
             computes,
+            {"controller": controllers is None, "login": logins is None},
         )
 
+    def provisioning_parameters(self, config_dir):
+        path = os.path.join(
+            config_dir, os.path.expanduser(self.get_option("provisioning_parameters"))
+        )
+        try:
+            with open(path, encoding="utf-8") as f:
+                params = json.load(f)
+        except (OSError, ValueError) as e:
+            raise AnsibleParserError(f"provisioning_parameters {path}: {e}") from e
+        if not isinstance(params, dict):
+            raise AnsibleParserError(f"provisioning_parameters {path}: not a JSON object")
+        return params
+
     def populate(self, cluster, config_dir):
-        controllers, logins, computes = self.group_mapping(config_dir)
+        controllers, logins, computes, defaulted = self.group_mapping(config_dir)
         prefix = self.get_option("group_prefix")
         if computes is None:
             computes = {
@@ -310,9 +324,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 for g in cluster["instance_groups"]
                 if g not in controllers and g not in logins
             }
-        unknown = sorted(
-            (set(controllers) | set(logins) | set(computes)) - set(cluster["instance_groups"])
-        )
+        named = set(computes)
+        named |= set() if defaulted["controller"] else set(controllers)
+        named |= set() if defaulted["login"] else set(logins)
+        unknown = sorted(named - set(cluster["instance_groups"]))
         if unknown:
             self.display.warning(
                 f"HyperPod cluster {cluster['name']} has no instance group {', '.join(unknown)}"
@@ -326,9 +341,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_child("slurm", child)
         group_of = {}
         for instance_group in sorted(set(cluster["instance_groups"]) | set(computes)):
-            group_of[instance_group] = inventory.add_group(
-                group_name(prefix + instance_group)
-            )
+            group_of[instance_group] = inventory.add_group(group_name(prefix + instance_group))
             if instance_group in computes:
                 inventory.add_child("slurm_compute", group_of[instance_group])
             elif instance_group in controllers:
