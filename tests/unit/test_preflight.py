@@ -54,6 +54,21 @@ def test_longest_role_prefix_wins():
     assert preflight_filters.unknown_role_vars(["nccl_tests_version"], fake) == []
 
 
+def test_at_most_two_suggestions_and_none_for_a_distant_name():
+    # difflib ranks equally close names in reverse order
+    fake = [{"role": "efa", "names": ["efa_version1", "efa_version2", "efa_version3"]}]
+    assert preflight_filters.unknown_role_vars(["efa_version", "efa_zzz"], fake) == [
+        "efa_version is not a variable of role efa (did you mean efa_version3 or efa_version2?)",
+        "efa_zzz is not a variable of role efa",
+    ]
+
+
+def test_the_filter_is_registered():
+    assert preflight_filters.FilterModule().filters() == {
+        "unknown_role_vars": preflight_filters.unknown_role_vars
+    }
+
+
 def run_preflight(extravars=None, required=None):
     extra = dict(extravars or {})
     if required is not None:
