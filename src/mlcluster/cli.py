@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, bakeami
 from .errors import MlclusterError
 
 LOCAL_INVENTORY = "inventory/local"
@@ -52,6 +52,12 @@ def cmd_local(args) -> int:
         )
     elif args.local_command == "down":
         local.down(name=args.name, say=_say)
+    elif args.local_command == "bundle":
+        print(
+            local.make_bundle(
+                name=args.name, image=args.image, bundle=args.bundle, user=args.user, say=_say
+            )
+        )
     else:
         rows = local.status(name=args.name)
         if args.json:
@@ -89,16 +95,23 @@ def cmd_bake(args) -> int:
     if args.target == "local":
         from . import images
 
-        if args.flavor not in (None, "local") or args.os not in (None, "debian12"):
-            raise MlclusterError("--target local bakes the Debian 12 local node image only")
+        if args.validate_only:
+            raise MlclusterError("--validate-only checks an AMI bake (--target ami)")
+        if args.flavor or args.os:
+            flavor = args.flavor or bakeami.flavors("local")[0]
+            os_name = args.os or bakeami.platform_matrix()[flavor]["os"][0]
+            bakeami.check_platform(flavor, os_name, "local")
         tag = images.ensure_node_image(base_image=args.base_image, force=args.force, say=_say)
         print(tag)
         return 0
-    from .bakeami import build_ami
-
     if not args.flavor or not args.os:
-        raise MlclusterError("--target ami needs --flavor (gpu|neuron|cpu) and --os")
-    print(build_ami(args.flavor, args.os, variables))
+        raise MlclusterError(
+            f"--target ami needs --flavor ({'|'.join(bakeami.flavors('ami'))}) and --os"
+        )
+    if args.validate_only:
+        print(bakeami.preflight(args.flavor, args.os, variables))
+        return 0
+    print(bakeami.build_ami(args.flavor, args.os, variables))
     return 0
 
 
@@ -153,10 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--base-image", help="podman image to bake from (default: debootstrapped Debian 12)"
     )
+    bundle = local_sub.add_parser(
+        "bundle",
+        help="unpack an image as an OCI bundle on /fsx for `srun --container` / `run --container`",
+    )
+    bundle.add_argument("--image", help="podman image (default: the cluster's node image)")
+    bundle.add_argument("--bundle", default="node", help="bundle name under /fsx/containers")
+    bundle.add_argument("--user", default="mluser", help="the user whose jobs run it (mluser)")
     for action in (
         up,
         local_sub.add_parser("down", help="remove everything `up` created"),
         local_sub.add_parser("status", help="show the nodes"),
+        bundle,
     ):
         action.add_argument("--name", default="mlc", help="cluster name (default mlc)")
     local_sub.choices["status"].add_argument("--json", action="store_true")
@@ -164,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bake = sub.add_parser("bake", help="bake a node image with Packer")
     bake.add_argument("--target", choices=["local", "ami"], default="local")
-    bake.add_argument("--flavor", choices=["gpu", "neuron", "cpu", "local"])
-    bake.add_argument("--os", choices=["ubuntu22.04", "ubuntu24.04", "al2023", "debian12"])
+    # Flavours and operating systems: versions.yml's platform matrix.
+    bake.add_argument("--flavor", choices=bakeami.flavors())
+    bake.add_argument("--os", choices=bakeami.operating_systems())
     bake.add_argument(
         "--var",
         action="append",
@@ -175,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bake.add_argument("--base-image", help="(local) podman image to bake from")
     bake.add_argument("--force", action="store_true", help="(local) bake even if up to date")
+    bake.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="(ami) check offline, build nothing: platform matrix, version rules, packer validate",
+    )
     bake.set_defaults(func=cmd_bake)
 
     validate = sub.add_parser("validate", help="run the node checks against an inventory")

@@ -415,3 +415,84 @@ def status(name: str = DEFAULT_NAME) -> list[dict]:
             }
         )
     return rows
+
+
+BUNDLES_DIR = "containers"
+
+
+def make_bundle(
+    name: str = DEFAULT_NAME,
+    image: str | None = None,
+    bundle: str = "node",
+    user: str = "mluser",
+    say=print,
+) -> str:
+    """Unpack ``image`` (default: the cluster's node image) as an OCI bundle for ``user`` on the
+    cluster's shared volume; return its path on the nodes (``/fsx/containers/BUNDLE``).
+    Unchanged image: nothing is done."""
+    from . import bundle as oci
+
+    podman.valid_name(name)
+    podman.valid_name(bundle)
+    podman.require_podman()
+    state_file = cluster_dir(name) / "state.json"
+    if not state_file.exists():
+        raise MlclusterError(f"cluster {name} is not up (`mlcluster local up --name {name}`)")
+    state = ClusterState.load(state_file)
+    image = image or state.image
+    if not podman.exists("image", image):
+        raise MlclusterError(f"image {image} is not in podman's store")
+    image_id = podman.inspect(image)["Id"]
+    inspect = podman.run(["volume", "inspect", state.volume, "--format", "{{.Mountpoint}}"])
+    mount = Path(inspect.stdout.strip())
+    target = mount / BUNDLES_DIR / bundle
+    on_nodes = f"/fsx/{BUNDLES_DIR}/{bundle}"
+    stamp = target / ".mlcluster-image"
+    if stamp.exists() and stamp.read_text().strip() == f"{image_id} {user}":
+        say(f"bundle {on_nodes}: up to date ({image})")
+        return on_nodes
+    say(f"bundle {on_nodes}: unpacking {image}")
+    (mount / BUNDLES_DIR).mkdir(mode=0o755, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{bundle}-", dir=mount / BUNDLES_DIR))
+    try:
+        rootfs = work / "rootfs"
+        rootfs.mkdir()
+        ctr = podman.run(["create", "--label", f"{LABEL}={name}", image, "/bin/true"]).stdout
+        ctr = ctr.strip()
+        try:
+            export = subprocess.Popen(["podman", "export", ctr], stdout=subprocess.PIPE)
+            untar = subprocess.run(
+                ["tar", "-x", "--numeric-owner", "-C", str(rootfs), "--exclude=./dev/*"],
+                stdin=export.stdout,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            export.stdout.close()
+            if export.wait() != 0 or untar.returncode != 0:
+                raise MlclusterError(f"unpacking {image} failed: {untar.stderr.strip()}")
+        finally:
+            podman.run(["rm", "-f", ctr], check=False)
+        uid, gid = oci.passwd_ids((rootfs / "etc" / "passwd").read_text(), user)
+        spec = oci.runtime_spec(uid, gid)
+        # The root filesystem is read-only in the container: mount points must exist in it.
+        for mount in spec["mounts"]:
+            point = rootfs / mount["destination"].lstrip("/")
+            if mount["type"] == "none" and Path(mount["source"]).is_file():
+                point.parent.mkdir(parents=True, exist_ok=True)
+                point.touch(exist_ok=True)
+            else:
+                point.mkdir(parents=True, exist_ok=True)
+        (work / "config.json").write_text(oci.render(spec))
+        (work / ".mlcluster-image").write_text(f"{image_id} {user}\n")
+        work.chmod(0o755)
+        if target.exists():
+            old = target.with_name(f".{bundle}-old-{uuid.uuid4().hex[:8]}")
+            target.rename(old)
+            shutil.rmtree(old)
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    say(f"bundle {on_nodes}: ready (rootless, for {user} uid {uid})")
+    return on_nodes
