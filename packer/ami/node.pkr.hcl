@@ -1,4 +1,4 @@
-# Accelerator node AMIs (gpu, neuron, cpu flavours) on Ubuntu 22.04/24.04 or Amazon Linux 2023:
+# Accelerator node AMIs (the flavours and operating systems of versions.yml's platform matrix):
 # one amazon-ebs source, provisioned by playbooks/bake.yml through Ansible, tagged with the
 # component versions from versions.yml, and the AMI id written by the manifest post-processor
 # (src/mlcluster/bakeami.py reads it back).
@@ -7,6 +7,13 @@
 # path.root and at most one other local.
 locals {
   versions = yamldecode(file("${abspath(path.root)}/../../versions.yml")).mlcluster_versions
+
+  # The platform matrix of versions.yml decides where a flavour is baked: a flavour it does
+  # not bake as an AMI, or an OS the flavour is not built on, has no platform, and the lookup
+  # below fails naming the pair.
+  platform = {
+    for flavor, platform in local.versions.platforms : flavor => platform.os if platform.target == "ami"
+  }[var.flavor]
 
   # Base images: the newest official image of each operating system.
   base = {
@@ -22,13 +29,7 @@ locals {
       ssh_user    = "ubuntu"
       root_device = "/dev/sda1"
     }
-    "al2023" = {
-      name        = "al2023-ami-2023.*-kernel-6.1-x86_64"
-      owner       = "137112412989"
-      ssh_user    = "ec2-user"
-      root_device = "/dev/xvda"
-    }
-  }[var.os]
+  }[contains(local.platform, var.os) ? var.os : "${var.os} (not a platform of the ${var.flavor} flavour in versions.yml)"]
 
   # One tag per component of the flavour, with the version versions.yml pins it to.
   component_tags = {

@@ -1,20 +1,15 @@
+# Which flavour is baked on which operating system is versions.yml's platform matrix
+# (`platforms`), read by node.pkr.hcl (local.platform): a variable's validation may only look at
+# the variable itself, so these two are checked there.
 variable "flavor" {
   type        = string
-  description = "Image flavour: gpu, neuron or cpu (components listed in versions.yml)."
-  validation {
-    condition     = contains(["gpu", "neuron", "cpu"], var.flavor)
-    error_message = "The flavor variable must be gpu, neuron or cpu."
-  }
+  description = "Image flavour: one whose platforms.<flavor>.target is ami in versions.yml (gpu, neuron, cpu)."
 }
 
 variable "os" {
   type        = string
   default     = "ubuntu22.04"
-  description = "Base operating system: ubuntu22.04, ubuntu24.04 or al2023."
-  validation {
-    condition     = contains(["ubuntu22.04", "ubuntu24.04", "al2023"], var.os)
-    error_message = "The os variable must be ubuntu22.04, ubuntu24.04 or al2023."
-  }
+  description = "Base operating system: one of platforms.<flavor>.os in versions.yml (ubuntu22.04, ubuntu24.04)."
 }
 
 variable "region" {

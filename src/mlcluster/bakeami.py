@@ -3,6 +3,12 @@
 `mlcluster bake --target ami --flavor gpu --os ubuntu22.04 [--var k=v]` calls ``build_ami``.
 Packer runs playbooks/bake.yml on a build instance through its Ansible provisioner; the AMI id
 comes from the file the template's manifest post-processor writes, not from Packer's output.
+``preflight`` (``--validate-only``) checks offline what can be checked before a build: the
+platform matrix, the version rules and ``packer validate``.
+
+Which flavour is baked on which operating system is versions.yml's platform matrix
+(``platforms``, ``operating_systems``), read here by ``platform_matrix``; the CLI's choices, the
+AMI template and the bake preflight read the same.
 """
 
 from __future__ import annotations
@@ -12,18 +18,84 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
+
+import yaml
 
 from mlcluster import paths
 from mlcluster.errors import MlclusterError
 
-FLAVORS = ("gpu", "neuron", "cpu")
-OPERATING_SYSTEMS = ("ubuntu22.04", "ubuntu24.04", "al2023")
 # Variables build_ami sets itself; a caller's --var may not replace them.
 RESERVED_VARIABLES = frozenset({"flavor", "os", "manifest_path"})
 _AMI_ID = re.compile(r"\bami-[0-9a-f]{8,17}\b")
+
+
+def load_versions(path: Path | None = None) -> dict:
+    """The ``mlcluster_versions`` manifest (versions.yml of the project by default)."""
+    path = path or paths.project_root() / "versions.yml"
+    return yaml.safe_load(path.read_text())["mlcluster_versions"]
+
+
+def platform_matrix(versions: Mapping | None = None) -> dict[str, dict]:
+    """Flavour -> {"target": "ami" | "local", "os": [operating system names]} from versions.yml."""
+    versions = versions if versions is not None else load_versions()
+    return {
+        flavor: {"target": str(platform["target"]), "os": [str(o) for o in platform["os"]]}
+        for flavor, platform in (versions.get("platforms") or {}).items()
+    }
+
+
+def flavors(target: str | None = None, versions: Mapping | None = None) -> list[str]:
+    """Flavours of the platform matrix (those baked by ``target`` when given), in its order."""
+    return [
+        flavor
+        for flavor, platform in platform_matrix(versions).items()
+        if target in (None, platform["target"])
+    ]
+
+
+def operating_systems(target: str | None = None, versions: Mapping | None = None) -> list[str]:
+    """Operating systems some flavour (of ``target`` when given) is built on, in matrix order."""
+    names: list[str] = []
+    for platform in platform_matrix(versions).values():
+        if target in (None, platform["target"]):
+            names += [name for name in platform["os"] if name not in names]
+    return names
+
+
+def check_platform(
+    flavor: str, os_name: str, target: str = "ami", versions: Mapping | None = None
+) -> None:
+    """Raise unless versions.yml's platform matrix bakes ``flavor`` on ``os_name`` by ``target``."""
+    matrix = platform_matrix(versions)
+    by_target = [name for name, platform in matrix.items() if platform["target"] == target]
+    if flavor not in by_target:
+        raise MlclusterError(
+            f"unknown {target} flavour {flavor!r}; choose one of {', '.join(by_target)} "
+            "(versions.yml, platforms)"
+        )
+    built_on = matrix[flavor]["os"]
+    if os_name not in built_on:
+        raise MlclusterError(
+            f"the {flavor} flavour is not built on {os_name!r}; choose one of "
+            f"{', '.join(built_on)} (versions.yml, platforms)"
+        )
+
+
+def _version_rules():
+    """The collection's version filter (the rules the bake preflight applies), as a module."""
+    path = (
+        paths.project_root()
+        / "collections/ansible_collections/mlcluster/core/plugins/filter/versions.py"
+    )
+    spec = spec_from_file_location("mlcluster_core_filter_versions", path)
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def packer_version(packer: str) -> tuple[int, ...]:
@@ -71,6 +143,99 @@ def ami_id_from_manifest(manifest_path: Path, region: str | None = None) -> str:
     return next(iter(by_region.values()))
 
 
+def check_arguments(flavor: str, os_name: str, variables: Mapping[str, object]) -> None:
+    """Raise on a flavour/OS the matrix does not bake, a reserved variable, or a version rule."""
+    versions = load_versions()
+    check_platform(flavor, os_name, "ami", versions)
+    reserved = RESERVED_VARIABLES.intersection(variables)
+    if reserved:
+        raise MlclusterError(
+            f"{', '.join(sorted(reserved))} are set by the bake itself; use --flavor/--os instead"
+        )
+    errors = _version_rules().version_errors(
+        versions, flavor, mirror_base=str(variables.get("mirror_base") or "")
+    )
+    if errors:
+        raise MlclusterError(
+            f"versions.yml cannot be baked as the {flavor} flavour:\n" + "\n".join(errors)
+        )
+
+
+def _packer(packer: str | None) -> str:
+    packer = packer or shutil.which("packer")
+    if not packer:
+        raise MlclusterError(
+            "packer is not installed (https://developer.hashicorp.com/packer/install)"
+        )
+    return packer
+
+
+def _packer_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        # The Ansible provisioner runs ansible-playbook from the project's environment.
+        "PATH": f"{paths.venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PACKER_NO_COLOR": "1",
+        "CHECKPOINT_DISABLE": "1",
+    }
+
+
+def _write_var_file(
+    run_dir: Path, flavor: str, os_name: str, variables: Mapping[str, object]
+) -> tuple[Path, Path]:
+    """JSON var file (types kept) and manifest path of one packer run in ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "packer-manifest.json"
+    var_file = run_dir / "variables.pkrvars.json"
+    var_file.write_text(
+        json.dumps(
+            {**variables, "flavor": flavor, "os": os_name, "manifest_path": str(manifest_path)},
+            indent=2,
+        )
+    )
+    return var_file, manifest_path
+
+
+def preflight(
+    flavor: str,
+    os_name: str,
+    variables: Mapping[str, object],
+    *,
+    packer: str | None = None,
+    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+) -> str:
+    """Check offline what a build of ``flavor`` on ``os_name`` would check first.
+
+    The platform matrix, the reserved variables, the version rules (the bake preflight's
+    ``version_errors``) and ``packer validate`` of packer/ami with the build's var file. Needs
+    no AWS credentials and no network; returns a one-line summary, raises on the first failure.
+    What only the build instance can tell (its OS facts) is checked again by
+    playbooks/bake_preflight.yml during the build.
+    """
+    check_arguments(flavor, os_name, variables)
+    packer = _packer(packer)
+    root = paths.project_root()
+    with tempfile.TemporaryDirectory(prefix="mlcluster-preflight-") as tmp:
+        var_file, _ = _write_var_file(Path(tmp), flavor, os_name, variables)
+        validate = run(
+            [packer, "validate", f"-var-file={var_file}", str(root / "packer" / "ami")],
+            cwd=root,
+            env=_packer_env(),
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+    if validate.returncode != 0:
+        raise MlclusterError(
+            f"packer validate failed (exit {validate.returncode}):\n"
+            f"{(validate.stdout or '') + (validate.stderr or '')}".rstrip()
+        )
+    return (
+        f"preflight passed: the {flavor} flavour on {os_name} (platform matrix, version rules, "
+        "packer validate)"
+    )
+
+
 def build_ami(
     flavor: str,
     os_name: str,
@@ -83,44 +248,17 @@ def build_ami(
 
     ``variables`` are further template variables (region, instance_type, volume_size,
     subnet_id, mirror_base, ansible_extra_arguments, ...), passed in a JSON var file so that
-    lists and numbers keep their types. Packer's output streams to the terminal.
+    lists and numbers keep their types. Packer's output streams to the terminal. The platform
+    matrix and the version rules are checked before Packer runs.
     """
-    if flavor not in FLAVORS:
-        raise MlclusterError(f"unknown AMI flavour {flavor!r}; choose one of {', '.join(FLAVORS)}")
-    if os_name not in OPERATING_SYSTEMS:
-        raise MlclusterError(
-            f"unknown operating system {os_name!r}; choose one of {', '.join(OPERATING_SYSTEMS)}"
-        )
-    reserved = RESERVED_VARIABLES.intersection(variables)
-    if reserved:
-        raise MlclusterError(
-            f"{', '.join(sorted(reserved))} are set by the bake itself; use --flavor/--os instead"
-        )
-    packer = packer or shutil.which("packer")
-    if not packer:
-        raise MlclusterError(
-            "packer is not installed (https://developer.hashicorp.com/packer/install)"
-        )
-
+    check_arguments(flavor, os_name, variables)
+    packer = _packer(packer)
     root = paths.project_root()
     run_dir = (
         paths.state_dir() / "packer" / f"ami-{flavor}-{os_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = run_dir / "packer-manifest.json"
-    var_file = run_dir / "variables.pkrvars.json"
-    var_file.write_text(
-        json.dumps(
-            {**variables, "flavor": flavor, "os": os_name, "manifest_path": str(manifest_path)},
-            indent=2,
-        )
-    )
-    env = {
-        **os.environ,
-        # The Ansible provisioner runs ansible-playbook from the project's environment.
-        "PATH": f"{paths.venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PACKER_NO_COLOR": "1",
-    }
+    var_file, manifest_path = _write_var_file(run_dir, flavor, os_name, variables)
+    env = _packer_env()
 
     # Packer >= 1.7 loads the amazon and ansible plugins that `init` installed; 1.6 has them
     # built in.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def test_build_returns_the_ami_of_the_last_run(tmp_path):
 
 def test_old_packer_has_the_plugins_built_in(tmp_path):
     packer = fake_packer(tmp_path, "1.6.6")
-    assert bakeami.build_ami("cpu", "al2023", {}, packer=str(packer)) == "ami-0123456789abcdef0"
+    assert bakeami.build_ami("cpu", "ubuntu24.04", {}, packer=str(packer)) == (
+        "ami-0123456789abcdef0"
+    )
     assert [call[0] for call in calls(packer)] == ["version", "build"]
 
 
@@ -81,10 +84,12 @@ def test_a_failed_build_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     ("flavor", "os_name", "variables", "message"),
     [
-        ("tpu", "ubuntu22.04", {}, "unknown AMI flavour 'tpu'"),
-        ("local", "ubuntu22.04", {}, "unknown AMI flavour 'local'"),
-        ("gpu", "rhel9", {}, "unknown operating system 'rhel9'"),
-        ("gpu", "al2023", {"os": "ubuntu24.04"}, "os are set by the bake itself"),
+        ("tpu", "ubuntu22.04", {}, "unknown ami flavour 'tpu'; choose one of gpu, neuron, cpu"),
+        ("local", "debian12", {}, "unknown ami flavour 'local'"),
+        ("gpu", "rhel9", {}, "the gpu flavour is not built on 'rhel9'"),
+        ("gpu", "al2023", {}, "the gpu flavour is not built on 'al2023'"),
+        ("gpu", "ubuntu22.04", {"os": "ubuntu24.04"}, "os are set by the bake itself"),
+        ("gpu", "ubuntu22.04", {"mirror_base": "ftp://m"}, "cannot be baked as the gpu flavour"),
     ],
 )
 def test_arguments_are_checked_before_packer_runs(flavor, os_name, variables, message):
@@ -101,3 +106,30 @@ def test_manifest_without_an_ami_is_an_error(tmp_path):
         bakeami.ami_id_from_manifest(manifest)
     with pytest.raises(MlclusterError, match="wrote no manifest"):
         bakeami.ami_id_from_manifest(tmp_path / "missing.json")
+
+
+# ---- preflight (--validate-only) ----------------------------------------------------------------
+
+
+def test_preflight_validates_with_the_build_variables(tmp_path):
+    packer = fake_packer(tmp_path, "1.6.6")
+    summary = bakeami.preflight("gpu", "ubuntu22.04", {"region": "eu-west-1"}, packer=str(packer))
+    assert summary.startswith("preflight passed: the gpu flavour on ubuntu22.04")
+    (validate,) = calls(packer)
+    assert validate[0] == "validate" and validate[-1].endswith("packer/ami")
+    assert any(a.startswith("-var-file=") for a in validate)
+
+
+def test_preflight_reports_what_packer_validate_says(tmp_path):
+    packer = tmp_path / "packer"
+    packer.write_text("#!/bin/sh\necho 'Error: Invalid index' >&2\nexit 1\n")
+    packer.chmod(0o755)
+    with pytest.raises(MlclusterError, match=r"(?s)packer validate failed.*Invalid index"):
+        bakeami.preflight("cpu", "ubuntu22.04", {}, packer=str(packer))
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
+def test_preflight_passes_offline_with_the_real_packer():
+    """`mlcluster bake --target ami --flavor gpu --os ubuntu22.04 --validate-only`: no network,
+    no AWS credentials, and no null pin left for the flavour."""
+    assert "preflight passed" in bakeami.preflight("gpu", "ubuntu22.04", {})

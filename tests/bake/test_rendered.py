@@ -123,6 +123,7 @@ def test_efa_installer_download_and_command(rendered):
         "url": "https://efa-installer.amazonaws.com/aws-efa-installer-1.41.0.tar.gz",
         "sha256": "3506354cdfbe31ff552fe75f5d0d9bb7efd29cf79bd99457347d29c751c38f9f",
         "checksum": "sha256:3506354cdfbe31ff552fe75f5d0d9bb7efd29cf79bd99457347d29c751c38f9f",
+        "commit": "",
         "filename": "aws-efa-installer-1.41.0.tar.gz",
     }
     # GPU image on a VM: no prompt, no device check, GPUDirect, the kernel module built.
@@ -255,3 +256,76 @@ def test_enroot_packages_per_os_and_settings(rendered):
         "enroot_caps_rpm",
     ]
     assert "ENROOT_SQUASH_OPTIONS -comp lz4 -noD" in lines(rendered, "al2023", "enroot.conf")
+
+
+@pytest.mark.parametrize("target", ["ubuntu2204", "ubuntu2404"])
+def test_enroot_is_built_from_its_pinned_commit(rendered, target, versions):
+    rendered_vars = variables(rendered, target)
+    # versions.yml lists no release packages (their digests could not be computed): source.
+    assert rendered_vars["__enroot_pyxis_enroot_source"] == "source"
+    # enroot's Debian package layout (pkg/deb/rules): /usr/bin, /etc/enroot, /usr/share/enroot.
+    assert rendered_vars["__enroot_pyxis_enroot_make_args"] == [
+        "prefix=",
+        "exec_prefix=/usr",
+        "datarootdir=/usr/share",
+    ]
+    assert {"make", "gcc", "libtool", "automake", "libmd-dev", "patch", "libcap2-bin"} <= set(
+        rendered_vars["__enroot_pyxis_enroot_build_packages"]
+    )
+    assert {"curl", "gawk", "jq", "parallel", "squashfs-tools", "zstd"} <= set(
+        rendered_vars["__enroot_pyxis_packages"]
+    )
+    pins = versions["components"]["enroot_pyxis"]["downloads"]
+    archives = json.loads((rendered / target / "source_archives.json").read_text())
+    src = "/var/cache/mlcluster/enroot-pyxis"
+    assert [(a["name"], a["dest"]) for a in archives] == [
+        ("enroot", f"{src}/enroot"),
+        ("enroot_makeself", f"{src}/enroot/deps/makeself"),
+        ("enroot_libbsd", f"{src}/enroot/deps/libbsd"),
+        ("enroot_musl", f"{src}/enroot/deps/musl"),
+        ("enroot_linux_headers", f"{src}/enroot/deps/linux-headers"),
+        ("pyxis", f"{src}/pyxis"),
+    ]
+    for archive in archives:
+        commit = pins[archive["name"]]["commit"]
+        assert archive["download"]["commit"] == commit
+        assert archive["download"]["checksum"] == ""
+        assert commit in archive["download"]["url"]
+    by_name = {a["name"]: a["download"]["url"] for a in archives}
+    assert by_name["enroot"] == (
+        "https://github.com/NVIDIA/enroot/archive/4dd13f69358cbc878135354ba3eac78db4a3970f.tar.gz"
+    )
+    assert by_name["pyxis"] == (
+        "https://github.com/NVIDIA/pyxis/archive/e006b893e4b63303da154bf1800076dcd6a64bc9.tar.gz"
+    )
+    assert by_name["enroot_musl"].startswith("https://git.musl-libc.org/cgit/musl/snapshot/")
+    assert by_name["enroot_libbsd"].startswith("https://gitlab.freedesktop.org/libbsd/libbsd/")
+
+
+def test_enroot_release_packages_win_when_listed(rendered):
+    assert (rendered / "ubuntu2204" / "enroot_source_with_packages").read_text() == "packages\n"
+
+
+def test_source_archives_follow_the_mirror(rendered):
+    archives = json.loads((rendered / "ubuntu2204-mirror" / "source_archives.json").read_text())
+    assert {a["download"]["url"].split("/mlcluster/", 1)[1].split("/", 1)[0] for a in archives} == {
+        "github",
+        "freedesktop_gitlab",
+        "musl",
+    }
+
+
+# ---- nccl-tests ---------------------------------------------------------------------------------
+
+
+def test_nccl_tests_are_built_with_the_efa_installers_mpi(rendered):
+    rendered_vars = variables(rendered, "ubuntu2204")
+    argv = rendered_vars["__nccl_tests_make_argv"]
+    assert argv[:4] == ["make", "-j192", "CUDA_HOME=/usr/local/cuda", "NCCL_HOME=/usr"]
+    assert argv[-2:] == ["MPI=1", "MPI_HOME=/opt/amazon/openmpi"]
+    assert rendered_vars["__nccl_tests_claim"] == {
+        "version": "2.17.6",
+        "prefix": "/opt/nccl-tests",
+        "mpi": True,
+        "mpi_home": "/opt/amazon/openmpi",
+    }

@@ -16,9 +16,12 @@ description:
     minimum the CUDA toolkit needs; NCCL is built for the CUDA major version in use; the
     aws-ofi-nccl plugin gets the libfabric and NCCL versions it needs and is either the one the
     EFA installer bundles or buildable from source; every download of the flavour names a
-    known source, a path and a sha256; the mirror base is an http(s) URL."
-  - Companion filters in this file are C(download) (resolve a download to URL and checksum),
-    C(source_url) (resolve a repository base) and C(flavor_components).
+    known source, a path and either a sha256 or, for a source archive built from a pinned
+    commit, a 40-hex C(commit) that its path names; the flavour has a platform (target and
+    known operating systems) in C(platforms); the mirror base is an http(s) URL."
+  - Companion filters in this file are C(download) (resolve a download to URL, checksum and
+    commit), C(source_url) (resolve a repository base), C(flavor_components) and
+    C(flavor_platforms) (the distribution and major version of each OS a flavour is built on).
 positional: _input, flavor
 options:
   _input:
@@ -99,6 +102,9 @@ CUDA_MIN_DRIVER = {
 VERSIONLESS = frozenset({"tuning"})
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# How a flavour is baked: Packer on EC2 (packer/ami) or the local cluster's podman image.
+TARGETS = ("ami", "local")
 _WHEEL_CUDA = re.compile(r"nvidia_nccl_cu(\d+)-")
 
 
@@ -130,6 +136,16 @@ def flavor_components(versions: dict, flavor: str) -> list[str]:
     return list(flavors[flavor])
 
 
+def flavor_platforms(versions: dict, flavor: str) -> list[str]:
+    """'<Distribution> <major version>' of each operating system a flavour is built on, as the
+    bake preflight compares them with the node's facts ('Ubuntu 22')."""
+    platform = (versions.get("platforms") or {}).get(flavor)
+    if not platform:
+        raise ValueError(f"versions.yml has no platform for the image flavour {flavor!r}")
+    names = versions.get("operating_systems") or {}
+    return [str(names.get(os_name, os_name)) for os_name in platform.get("os") or []]
+
+
 def source_url(versions: dict, source: str, mirror_base: str = "") -> str:
     """Base URL of a download source or package repository, honouring the site mirror."""
     sources = versions.get("sources") or {}
@@ -143,7 +159,8 @@ def source_url(versions: dict, source: str, mirror_base: str = "") -> str:
 
 
 def download(versions: dict, component: str, name: str, mirror_base: str = "") -> dict:
-    """Resolve components.<component>.downloads.<name> to url, sha256, checksum and filename."""
+    """Resolve components.<component>.downloads.<name> to url, sha256, checksum, commit (the
+    source commit a commit-pinned archive must carry, else empty) and filename."""
     entry = ((_components(versions).get(component) or {}).get("downloads") or {}).get(name)
     if entry is None:
         raise ValueError(f"versions.yml has no download {component}.downloads.{name}")
@@ -153,6 +170,7 @@ def download(versions: dict, component: str, name: str, mirror_base: str = "") -
         "url": url,
         "sha256": sha256,
         "checksum": f"sha256:{sha256}" if sha256 else "",
+        "commit": str(entry.get("commit") or ""),
         "filename": url.rsplit("/", 1)[-1],
     }
 
@@ -281,12 +299,50 @@ def _rule_downloads(versions: dict, present: set) -> list[str]:
             path = str(entry.get("path") or "")
             if not path or "://" in path:
                 errors.append(f"{label}: `path` must be a path below its source, not {path!r}.")
-            sha = entry.get("sha256")
-            if not sha:
-                url = f"{sources.get(entry.get('source'), '?')}/{path}"
-                errors.append(f"{label}: no sha256; fill it in versions.yml (sha256sum of {url}).")
-            elif not _SHA256.match(str(sha)):
+            sha, commit = entry.get("sha256"), entry.get("commit")
+            if sha and not _SHA256.match(str(sha)):
                 errors.append(f"{label}: sha256 {sha!r} is not 64 lower-case hex digits.")
+            if commit and not _COMMIT.match(str(commit)):
+                errors.append(
+                    f"{label}: commit {commit!r} is not a full commit id (40 lower-case hex "
+                    "digits); a tag or branch can move."
+                )
+            elif commit and str(commit) not in path:
+                errors.append(
+                    f"{label}: the path does not name commit {commit}; download the archive of "
+                    "that commit (<org>/<repo>/archive/<commit>.tar.gz), not of a tag."
+                )
+            if not sha and not commit:
+                url = f"{sources.get(entry.get('source'), '?')}/{path}"
+                errors.append(
+                    f"{label}: no sha256; fill it in versions.yml (sha256sum of {url}), or pin "
+                    "a source archive by its 40-hex `commit`."
+                )
+    return errors
+
+
+def _rule_platform(versions: dict, flavor: str) -> list[str]:
+    platform = (versions.get("platforms") or {}).get(flavor)
+    if not platform:
+        return [
+            f"platforms: the flavour {flavor} has no platform (target and operating systems) "
+            "in versions.yml."
+        ]
+    known = versions.get("operating_systems") or {}
+    errors = []
+    if platform.get("target") not in TARGETS:
+        errors.append(
+            f"platforms.{flavor}: target {platform.get('target')!r} is not one of "
+            f"{', '.join(TARGETS)}."
+        )
+    if not platform.get("os"):
+        errors.append(f"platforms.{flavor}: no operating system to bake it on.")
+    errors += [
+        f"platforms.{flavor}: operating system {os_name!r} is not one of operating_systems "
+        f"({', '.join(sorted(known))})."
+        for os_name in platform.get("os") or []
+        if os_name not in known
+    ]
     return errors
 
 
@@ -304,6 +360,7 @@ def version_errors(versions: dict, flavor: str, mirror_base: str = "") -> list[s
     ]
     if mirror_base and not re.match(r"^https?://[^/]+", mirror_base):
         errors.append(f"mlcluster_mirror_base {mirror_base!r} must be an http:// or https:// URL.")
+    errors += _rule_platform(versions, flavor)
     errors += _rule_fabricmanager(comps, present)
     errors += _rule_cuda_driver(comps, present)
     errors += _rule_nccl_cuda(comps, present)
@@ -319,4 +376,5 @@ class FilterModule:
             "download": download,
             "source_url": source_url,
             "flavor_components": flavor_components,
+            "flavor_platforms": flavor_platforms,
         }
