@@ -28,12 +28,21 @@ RENDER_TASKS = (
     "Derive the Slurm configuration from the inventory and the nodes",
     "Render the Slurm configuration",
 )
-FILES = ("slurm.conf", "gres.conf", "cgroup.conf")
 NO_DRIVER = "no usable NVIDIA driver: no NVML library libnvidia-ml.so.1, no nvidia-smi"
 
 
 def _node(
-    hostname, address, vcpus, sockets, cores, threads, memory_mb, gpu=None, cgroup=None, nvml=False
+    hostname,
+    address,
+    vcpus,
+    sockets,
+    cores,
+    threads,
+    memory_mb,
+    gpu=None,
+    cgroup=None,
+    nvml=False,
+    runc=True,
 ):
     facts = {
         "hostname": hostname,
@@ -44,7 +53,7 @@ def _node(
         "processor_threads_per_core": threads,
         "memtotal_mb": memory_mb,
     }
-    probe = {"gpu": gpu or {}, "cgroup": cgroup or {}, "nvml_plugin": nvml}
+    probe = {"gpu": gpu or {}, "cgroup": cgroup or {}, "nvml_plugin": nvml, "runc": runc}
     return {"pretend_facts": facts, "__slurm_node_probe": probe}
 
 
@@ -125,13 +134,15 @@ HETEROGENEOUS = _inventory(
     gpu_group=("p4d-1.cluster.internal", "g5-1"),
 )
 
-# CPU nodes in unprivileged containers (one cannot write its cgroup controllers), configless,
-# without accounting, health check or the all-nodes partition.
+# CPU nodes in unprivileged containers (one cannot write its cgroup controllers and has no
+# runc), configless, without accounting, health check or the all-nodes partition.
 CPU_ONLY = _inventory(
     {"ctl": "192.168.5.2"},
     {
         "compute1": _node("compute1", "192.168.5.11", 2, 1, 2, 1, 3900, NO_GPU, CGROUP_V2),
-        "compute2": _node("compute2", "192.168.5.12", 4, 1, 2, 2, 7900, NO_GPU, CGROUP_READ_ONLY),
+        "compute2": _node(
+            "compute2", "192.168.5.12", 4, 1, 2, 2, 7900, NO_GPU, CGROUP_READ_ONLY, runc=False
+        ),
     },
     {
         "slurm_configless": True,
@@ -209,7 +220,7 @@ def _render(tmp_path_factory, inventory: dict) -> dict[str, list[str]]:
     out.mkdir()
     result = run_playbook(str(playbook), hosts, extravars={"render_dir": str(out)})
     assert result.exit_code == EXIT_OK, result.errors
-    texts = {name: (out / name).read_text() for name in FILES}
+    texts = {path.name: path.read_text() for path in out.iterdir()}
     for name, text in texts.items():
         assert text.startswith("#\n# Ansible managed\n#\n"), f"{name}: {text[:80]!r}"
     return {name: text.splitlines()[3:] for name, text in texts.items()}
@@ -391,3 +402,26 @@ def test_gres_and_cgroup_conf_of_cpu_nodes_in_containers(cpu_only):
         "ConstrainRAMSpace=YES",
         "ConstrainSwapSpace=NO",
     ]
+
+
+def test_oci_conf_only_where_every_compute_node_has_runc(heterogeneous, cpu_only):
+    assert sorted(heterogeneous) == [
+        "cgroup.conf",
+        "gres.conf",
+        "oci.conf",
+        "plugstack.conf",
+        "slurm.conf",
+    ]
+    # compute2 has no runc: no OCI containers anywhere in that cluster
+    assert sorted(cpu_only) == ["cgroup.conf", "gres.conf", "plugstack.conf", "slurm.conf"]
+    runc = "runc --rootless=true --root=/run/mlcluster-oci/%U"
+    assert heterogeneous["oci.conf"][-4:] == [
+        f'RunTimeQuery="{runc} state %n.%u.%j.%s.%t"',
+        f'RunTimeKill="{runc} kill -a %n.%u.%j.%s.%t"',
+        f'RunTimeDelete="{runc} delete --force %n.%u.%j.%s.%t"',
+        f'RunTimeRun="{runc} run %n.%u.%j.%s.%t -b %b"',
+    ]
+
+
+def test_plugstack_conf_includes_the_spank_plugins_directory(cpu_only):
+    assert cpu_only["plugstack.conf"][-1] == "include /etc/slurm/plugstack.conf.d/*"
