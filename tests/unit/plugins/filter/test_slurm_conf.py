@@ -102,11 +102,6 @@ def test_node_config_overrides_and_inventory_name_may_differ():
     assert node["params"]["Features"] == ["p5", "efa"]
 
 
-def test_node_rejects_a_bad_reserve():
-    with pytest.raises(ValueError, match="0-99"):
-        slurm_conf.slurm_node(_host("c1"), 100)
-
-
 NODES = [
     {"host": "compute1", "name": "compute1"},
     {"host": "compute2", "name": "compute2"},
@@ -158,3 +153,47 @@ def test_partitions_explicit_default_wins():
 def test_partitions_reject_bad_groups(groups, message):
     with pytest.raises(ValueError, match=message):
         slurm_conf.slurm_partition_list([{"name": "p", "group": "g"}], NODES, groups, "", {})
+
+
+def test_conf_lines_quote_a_value_quoted_on_one_side_only():
+    assert slurm_conf.slurm_conf_lines({"Reason": '"half quoted'}) == ['Reason=""half quoted"']
+    assert slurm_conf.slurm_conf_lines({"Reason": 'half quoted"'}) == ['Reason="half quoted""']
+
+
+def test_hostlist_lists_a_plain_name_once():
+    assert slurm_conf.slurm_hostlist(["login", "login", "c1", "c1"]) == "login,c1"
+
+
+def test_node_without_a_vcpu_fact_multiplies_its_topology():
+    host = _host("c1", sockets=2, cores=8, threads=2)
+    del host["ansible_facts"]["processor_vcpus"]
+    params = slurm_conf.slurm_node(host, 0)["params"]
+    assert (params["CPUs"], params["Sockets"], params["ThreadsPerCore"]) == (32, 2, 2)
+
+
+def test_node_address_falls_back_to_ansible_host_then_hostname():
+    host = _host("c1", ansible_host="192.0.2.7")
+    host["ansible_facts"]["default_ipv4"] = {}
+    assert slurm_conf.slurm_node(host, 5)["params"]["NodeAddr"] == "192.0.2.7"
+    del host["ansible_host"]
+    assert slurm_conf.slurm_node(host, 5)["params"]["NodeAddr"] == "c1"
+
+
+@pytest.mark.parametrize("reserve", [-1, 100])
+def test_node_reserve_outside_0_to_99_is_rejected(reserve):
+    with pytest.raises(ValueError, match=f"reserve_percent must be 0-99, not {reserve}"):
+        slurm_conf.slurm_node(_host("c1"), reserve)
+
+
+@pytest.mark.parametrize(("reserve", "memory"), [(0, 16000), (99, 160)])
+def test_node_reserve_of_0_and_99(reserve, memory):
+    assert slurm_conf.slurm_node(_host("c1"), reserve)["params"]["RealMemory"] == memory
+
+
+def test_filters_are_registered():
+    assert slurm_conf.FilterModule().filters() == {
+        "slurm_conf_lines": slurm_conf.slurm_conf_lines,
+        "slurm_hostlist": slurm_conf.slurm_hostlist,
+        "slurm_node": slurm_conf.slurm_node,
+        "slurm_partition_list": slurm_conf.slurm_partition_list,
+    }
