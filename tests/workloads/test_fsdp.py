@@ -12,10 +12,45 @@ from mlcluster_workloads import dist, fsdp
 from mlcluster_workloads.checkpoint import MARKER
 from mlcluster_workloads.data import SyntheticTokens, write_token_file
 from mlcluster_workloads.llama import CONFIGS, Transformer
-from workload_helpers import json_lines, launch_ranks, only, run, steps
+from workload_helpers import (
+    assert_disjoint_blocks_of_the_global_batch,
+    assert_loss_is_the_global_mean,
+    assert_parameters_synchronised,
+    assert_rates_are_the_flops_over_the_step_time,
+    json_lines,
+    launch_ranks,
+    only,
+    rank_reports,
+    run,
+    steps,
+)
 
 TINY_RUN = ["--config", "tiny", "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3"]
 STEPS, CHECKPOINT_EVERY, STOP_AFTER = 12, 4, 8
+
+# The entry point on 2 ranks and alone on the global batch, judged by --debug-report. SGD without
+# clipping: its steps scale with the gradient, so summed instead of averaged gradients would show.
+SGD_RUN = ["-m", "mlcluster_workloads.fsdp", "--config", "tiny", "--seq-len", "32"]
+SGD_RUN += ["--optimizer", "sgd", "--lr", "0.5", "--grad-clip", "0", "--steps", "4"]
+SGD_STEPS, SGD_LOCAL_BATCH, PEAK_TFLOPS = 4, 2, 0.5
+TINY_PARAMETERS = {"tok_embeddings.weight", "norm.weight", "output.weight"} | {
+    f"layers.{layer}.{name}.weight"
+    for layer in (0, 1)
+    for name in (
+        "attention.wq",
+        "attention.wk",
+        "attention.wv",
+        "attention.wo",
+        "attention_norm",
+        "feed_forward.w1",
+        "feed_forward.w2",
+        "feed_forward.w3",
+        "ffn_norm",
+    )
+}
+# tiny at 32 tokens: 6 * 1_703_936 matmul weights + 12 * 2 layers * 8 heads * 32 dims * 32 tokens
+# = 10_420_224 FLOPs per token (test_metrics counts the weights by hand), times 32 tokens
+TINY_FLOPS_PER_SAMPLE = 10_420_224 * 32
 
 
 def reference_model() -> Transformer:
@@ -51,6 +86,58 @@ def test_gradients_equal_a_single_process_step_on_the_global_batch(distributed_s
     for rank in ranks:
         for name, param in reference.named_parameters():
             torch.testing.assert_close(rank["grads"][name], param.grad, msg=name)
+
+
+@pytest.fixture(scope="module")
+def sgd_two_ranks(tmp_path_factory):
+    report = tmp_path_factory.mktemp("fsdp-two")
+    result = launch_ranks(
+        *SGD_RUN,
+        f"--batch-size={SGD_LOCAL_BATCH}",
+        f"--peak-tflops={PEAK_TFLOPS}",
+        f"--debug-report={report}",
+    )
+    return json_lines(result.stdout), rank_reports(report, 2)
+
+
+@pytest.fixture(scope="module")
+def sgd_alone(tmp_path_factory):
+    report = tmp_path_factory.mktemp("fsdp-one")
+    result = run(
+        [
+            sys.executable,
+            *SGD_RUN,
+            f"--batch-size={2 * SGD_LOCAL_BATCH}",
+            f"--debug-report={report}",
+        ]
+    )
+    return json_lines(result.stdout), rank_reports(report, 1)[0]
+
+
+def test_entry_point_ranks_read_disjoint_blocks_of_the_global_batch(sgd_two_ranks, sgd_alone):
+    assert_disjoint_blocks_of_the_global_batch(
+        sgd_two_ranks[1], sgd_alone[1], local_batch=SGD_LOCAL_BATCH, steps=SGD_STEPS
+    )
+
+
+def test_entry_point_parameters_equal_one_process_on_the_global_batch(sgd_two_ranks, sgd_alone):
+    assert_parameters_synchronised(
+        sgd_two_ranks[1], sgd_alone[1], names=TINY_PARAMETERS, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_entry_point_reports_the_mean_loss_over_ranks(sgd_two_ranks, sgd_alone):
+    assert_loss_is_the_global_mean(sgd_two_ranks[0], sgd_two_ranks[1], sgd_alone[0], rtol=1e-5)
+
+
+def test_tflops_and_mfu_are_the_hand_count_over_the_step_time(sgd_two_ranks):
+    assert_rates_are_the_flops_over_the_step_time(
+        sgd_two_ranks[0],
+        flops_per_sample=TINY_FLOPS_PER_SAMPLE,
+        global_batch=2 * SGD_LOCAL_BATCH,
+        world_size=2,
+        peak_tflops=PEAK_TFLOPS,
+    )
 
 
 @pytest.fixture(scope="module")
