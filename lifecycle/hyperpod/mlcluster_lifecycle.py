@@ -472,7 +472,7 @@ def setup_logging() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    project = (args.project or default_project()).resolve()
+    project = (args.project or default_project()).absolute()
     if not (project / "site.yml").is_file():
         raise LifecycleError(f"{project} is not an mlcluster project (no site.yml)")
     state = host_path(STATE_DIR)
@@ -481,11 +481,14 @@ def run(args: argparse.Namespace) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first
         ips = own_ips()
         if args.platform == "hyperpod":
-            config_path = args.resource_config or host_path(
-                os.environ.get("SAGEMAKER_RESOURCE_CONFIG_PATH") or RESOURCE_CONFIG
+            # The platform's variable names a real path; only the default is under the root.
+            config_path = (
+                args.resource_config
+                or os.environ.get("SAGEMAKER_RESOURCE_CONFIG_PATH")
+                or host_path(RESOURCE_CONFIG)
             )
             params = read_provisioning_parameters(args.provisioning_parameters)
-            doc, name, role = hyperpod_plan(read_resource_config(config_path), params, ips)
+            doc, name, role = hyperpod_plan(read_resource_config(Path(config_path)), params, ips)
         else:
             cfn = read_cfnconfig(args.cfnconfig or host_path(CFNCONFIG))
             doc, name, role = parallelcluster_plan(cfn, args.queue, own_name(), ips)
