@@ -11,7 +11,8 @@ The spec made here:
 - a user namespace that maps the container's root to the job user (rootless runc can map only
   its own ids, and needs the container's uid 0 mapped), so the job runs as root inside and
   files it writes on ``/fsx`` belong to the user outside;
-- no network namespace: jobs talk to the other nodes over the host network, as Slurm requires;
+- no network or UTS namespace: jobs talk to the other nodes over the host network, as Slurm
+  requires, under the node's own hostname;
 - the shared filesystem bound at the same path, ``/dev/shm`` as a tmpfs large enough for
   collective libraries, and the node's ``/etc/hosts`` and ``resolv.conf`` so node names resolve.
 """
@@ -29,7 +30,6 @@ def runtime_spec(
     gid: int,
     shared_mounts: tuple[str, ...] = ("/fsx",),
     shm_size: str = "1g",
-    hostname: str | None = None,
 ) -> dict[str, Any]:
     """The config.json of a rootless bundle for the user ``uid``:``gid``."""
     if uid < 0 or gid < 0:
@@ -87,7 +87,6 @@ def runtime_spec(
             "noNewPrivileges": True,
         },
         "root": {"path": "rootfs", "readonly": True},
-        "hostname": hostname or "mlcluster-container",
         "mounts": mounts,
         "linux": {
             "uidMappings": [{"containerID": 0, "hostID": uid, "size": 1}],
@@ -95,7 +94,6 @@ def runtime_spec(
             "namespaces": [
                 {"type": "pid"},
                 {"type": "ipc"},
-                {"type": "uts"},
                 {"type": "mount"},
                 {"type": "user"},
             ],

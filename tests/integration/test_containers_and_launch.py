@@ -8,6 +8,7 @@ bandwidth case, and fails loudly when a job fails or a case cannot run on these 
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -36,26 +37,32 @@ def test_slurm_writes_plugstack_and_oci_conf(cluster, deploys):
         "RunTimeRun",
     ]
     assert oci[-1] == (
-        'RunTimeRun="runc --rootless=true --root=/run/mlcluster-oci/%U run %n.%u.%j.%s.%t -b %b"'
+        'RunTimeRun="runc --rootless=true --root=/run/mlcluster-oci/%u run %n.%u.%j.%s.%t -b %b"'
     )
 
 
 def test_srun_container_runs_the_bundle_on_two_nodes(cluster, bundle):
+    # Slurm 22.05 hands a container the step's environment, not the task's (no SLURM_PROCID:
+    # torchrun's rendezvous numbers the ranks of the training cases), so each task names its
+    # node and step, and leaves a file on /fsx.
     script = (
-        '. /etc/os-release; echo "rank=$SLURM_PROCID os=$ID-$VERSION_ID'
-        ' pid1=$(cat /proc/1/comm) user=$(id -un) fsx=$(stat -c %U /fsx/mlcluster/jobs)"'
+        ". /etc/os-release; f=/fsx/mlcluster/jobs/oci-$(hostname); echo x > $f; echo"
+        " host=$(hostname) step=$SLURM_JOB_NUM_NODES/$SLURM_STEP_NUM_TASKS os=$ID-$VERSION_ID"
+        " pid1=$(cat /proc/1/comm) uid=$(id -u) fsx=$(stat -c %u $f)"
     )
-    proc = cluster.ssh(
-        "controller",
-        f'cd /tmp && su mluser -c "srun -N2 --ntasks-per-node=1 --container={bundle}'
-        f" sh -c '{script}'\"",
-    )
-    lines = sorted(proc.stdout.split("\n")[:-1])
-    # Rank by rank: the image's OS, the container's own PID namespace (PID 1 is the job's
-    # shell, not the node's systemd), the job user and the shared filesystem inside.
-    assert lines == [
-        "rank=0 os=debian-12 pid1=sh user=mluser fsx=mluser",
-        "rank=1 os=debian-12 pid1=sh user=mluser fsx=mluser",
+    srun = f"srun -N2 --ntasks-per-node=1 --container={bundle} sh -c {shlex.quote(script)}"
+    proc = cluster.ssh("controller", f"cd /tmp && su mluser -c {shlex.quote(srun)}")
+    # Node by node: the image's OS, the container's own PID namespace (PID 1 is the task's
+    # shell, not the node's systemd), root inside, and /fsx writable.
+    assert sorted(proc.stdout.splitlines()) == [
+        "host=compute1 step=2/2 os=debian-12 pid1=sh uid=0 fsx=0",
+        "host=compute2 step=2/2 os=debian-12 pid1=sh uid=0 fsx=0",
+    ]
+    # Outside, the files belong to the job's user: the container's root is mluser.
+    owners = cluster.ssh("controller", "stat -c '%U %n' /fsx/mlcluster/jobs/oci-compute*")
+    assert owners.stdout.splitlines() == [
+        "mluser /fsx/mlcluster/jobs/oci-compute1",
+        "mluser /fsx/mlcluster/jobs/oci-compute2",
     ]
 
 

@@ -109,11 +109,13 @@ def test_the_cli_offers_exactly_the_registry_runnable_cases():
 
 def test_bundle_spec_is_rootless_for_the_job_user_on_the_host_network():
     spec = bundle.runtime_spec(2001, 2000)
+    # runc needs the container's root mapped: it is the job user outside.
     assert spec["process"]["user"] == {"uid": 0, "gid": 0}
     assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 2001, "size": 1}]
     assert spec["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 2000, "size": 1}]
     namespaces = [ns["type"] for ns in spec["linux"]["namespaces"]]
-    assert namespaces == ["pid", "ipc", "uts", "mount", "user"]  # no "network"
+    # No network or UTS namespace: the host's network and the node's hostname.
+    assert namespaces == ["pid", "ipc", "mount", "user"]
     binds = {m["destination"]: m["options"] for m in spec["mounts"] if m["type"] == "none"}
     assert binds["/fsx"] == ["rbind", "rw"]
     assert binds["/etc/hosts"] == ["bind", "ro"]
