@@ -242,6 +242,9 @@ class FakeController:
     def __init__(self, squeue=("PENDING", "RUNNING"), sacct="", output="", sinfo=CPU_PARTITION):
         self.squeue = list(squeue)
         self.sacct, self.output, self.sinfo = sacct, output, sinfo
+        self.bundles: set[str] = set()
+        self.pyxis = True
+        self.upload_rc = 0
         self.sbatch = (0, f"{JOB_ID};hetero\n", "")
         self.uploads: dict[str, str] = {}
         self.commands: list[str] = []
@@ -251,6 +254,11 @@ class FakeController:
         rc, out, err = 0, "", ""
         if command.startswith("cat > "):
             self.uploads[command.split()[2]] = input_text
+            rc, err = self.upload_rc, "cat: /fsx/mlcluster/jobs: No such file or directory"
+        elif command.startswith("test -f "):
+            rc = 0 if command.split()[2].removesuffix("/config.json") in self.bundles else 1
+        elif command.startswith("srun --help"):
+            out = "1\n" if self.pyxis else "0\n"
         elif "sbatch --parsable" in command:
             rc, out, err = self.sbatch
         elif command.startswith("sinfo "):
@@ -411,3 +419,180 @@ def test_job_state_reads_squeue_then_sacct():
     assert workload_run.job_state(target, JOB_ID) is None
     target.sacct = "COMPLETED\nCOMPLETED\n"
     assert workload_run.job_state(target, JOB_ID) == "COMPLETED"
+
+
+def test_a_failed_upload_is_an_error(controller):
+    controller.upload_rc = 1
+    with pytest.raises(MlclusterError) as exc:
+        run(controller)
+    assert str(exc.value) == (
+        f"cannot write /fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch on head: "
+        "cat: /fsx/mlcluster/jobs: No such file or directory"
+    )
+
+
+def test_negative_gpus_per_node_is_bad_input(controller):
+    with pytest.raises(MlclusterError, match="--gpus-per-node must be 0 or more") as exc:
+        run(controller, gpus_per_node=-1)
+    assert exc.value.exit_code == 2
+
+
+def test_only_the_default_partitions_nodes_count_without_a_partition(controller):
+    controller.sinfo = "c1 (null) batch*\nshort line\np5-1 gpu:h100:8 p5\n"
+    assert workload_run.partition_gpus(controller, None) == 0
+    assert controller.commands[-1] == "sinfo -h -N -o '%N %G %P'"
+    controller.sinfo = "p5-1 gpu:h100:8 p5\n"
+    assert workload_run.partition_gpus(controller, "p5") == 8
+    assert controller.commands[-1] == "sinfo -h -N -p p5 -o '%N %G %P'"
+
+
+def test_a_partition_without_nodes_is_bad_input(controller):
+    controller.sinfo = ""
+    with pytest.raises(MlclusterError) as exc:
+        workload_run.partition_gpus(controller, "p6")
+    assert (str(exc.value), exc.value.exit_code) == ("partition p6 has no nodes (sinfo on head)", 2)
+    with pytest.raises(MlclusterError, match=r"^the default partition has no nodes"):
+        workload_run.partition_gpus(controller, None)
+
+
+def test_sinfo_failing_is_an_error():
+    class Broken(FakeController):
+        def run(self, command, input_text=None, timeout=120):
+            return subprocess.CompletedProcess(command, 1, "", "sinfo: error: slurmctld down\n")
+
+    with pytest.raises(MlclusterError) as exc:
+        workload_run.partition_gpus(Broken(), None)
+    assert str(exc.value) == "sinfo failed on head: sinfo: error: slurmctld down"
+
+
+def test_a_job_in_an_oci_bundle(controller):
+    controller.bundles.add("/fsx/bundles/torch")
+    controller.sacct = "COMPLETED\n"
+    controller.output = f"{SUMMARY}\n"
+    code, text = run(controller, container="/fsx/bundles/torch")
+    assert code == EXIT_OK
+    assert "0 GPU(s) each, in /fsx/bundles/torch; output" in text
+    assert "test -f /fsx/bundles/torch/config.json" in controller.commands
+    script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
+    assert "srun --container=/fsx/bundles/torch \\" in script.splitlines()
+
+
+def test_a_missing_bundle_is_bad_input_before_submitting(controller):
+    with pytest.raises(MlclusterError) as exc:
+        run(controller, container="/fsx/bundles/none")
+    assert exc.value.exit_code == 2
+    assert str(exc.value).startswith("/fsx/bundles/none is not an OCI bundle on head")
+    assert not controller.uploads
+
+
+def test_an_image_needs_pyxis(controller):
+    controller.pyxis = False
+    with pytest.raises(MlclusterError) as exc:
+        run(controller, container="nvcr.io#nvidia/pytorch:25.01-py3")
+    assert exc.value.exit_code == 2
+    assert "pyxis is not loaded by Slurm on head" in str(exc.value)
+    controller.pyxis = True
+    workload_run.check_container_support(controller, "nvcr.io#nvidia/pytorch:25.01-py3")
+
+
+def test_the_failure_shows_the_last_twenty_output_lines(controller):
+    controller.sacct = "FAILED\n"
+    controller.output = "".join(f"line {i}\n" for i in range(1, 31))
+    _code, text = run(controller)
+    tail = text[text.index("last output lines:") :].splitlines()[1:]
+    assert tail == [f"line {i}" for i in range(11, 31)]
+
+
+def test_allreduce_summary_table():
+    console = Console(width=120, record=True)
+    steps = [
+        {
+            "event": "allreduce",
+            "world_size": 4,
+            "size_bytes": 1024,
+            "time_us": 50.0,
+            "busbw_gbps": 0.031,
+        },
+        {
+            "event": "allreduce",
+            "world_size": 4,
+            "size_bytes": 1048576,
+            "time_us": 1500.25,
+            "busbw_gbps": 1.048,
+        },
+    ]
+    summary = {
+        "event": "allreduce_summary",
+        "source": "torch",
+        "sizes": 2,
+        "avg_busbw_gbps": 0.5396,
+        "max_busbw_gbps": 1.048,
+        "max_busbw_size_bytes": 1048576,
+        "wrong": 0,
+    }
+    console.print(workload_run.summary_table("allreduce", "9", "COMPLETED", steps, summary))
+    rows = [
+        [c.strip() for c in line.strip("│ ").split("│")]
+        for line in console.export_text().splitlines()
+        if line.startswith("│")
+    ]
+    assert rows == [
+        ["ranks", "4"],
+        ["source", "torch"],
+        ["sizes", "2"],
+        ["avg busbw (GB/s)", "0.540"],
+        ["max busbw (GB/s)", "1.048"],
+        ["at size (bytes)", "1,048,576"],
+        ["wrong elements", "0"],
+        ["1,024 B", "50.0 us  busbw 0.031 GB/s"],
+        ["1,048,576 B", "1,500.2 us  busbw 1.048 GB/s"],
+    ]
+
+
+def test_ssh_target_runs_the_command_on_the_controller(monkeypatch):
+    seen = {}
+
+    def fake_run(argv, **kwargs):
+        seen.update(argv=argv, **kwargs)
+        return subprocess.CompletedProcess(argv, seen.get("rc", 0), "out", "err")
+
+    monkeypatch.setattr(workload_run.subprocess, "run", fake_run)
+    target = workload_run.Target("head", "10.0.0.5", "admin", ["-o", "BatchMode=yes"])
+    assert target.run("hostname", input_text="x", timeout=5).stdout == "out"
+    assert seen == {
+        "argv": ["ssh", "-o", "BatchMode=yes", "admin@10.0.0.5", "hostname"],
+        "input": "x",
+        "capture_output": True,
+        "text": True,
+        "timeout": 5,
+        "check": False,
+    }
+    seen["rc"] = 255
+    with pytest.raises(MlclusterError) as exc:
+        target.run("hostname")
+    assert str(exc.value) == "controller head (10.0.0.5) unreachable over SSH: err"
+    seen["rc"] = 1
+    assert target.run("false").returncode == 1
+
+
+def test_controller_target_with_a_port_and_defaults(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        "all:\n  children:\n    slurm_controller:\n      hosts:\n"
+        "        head:\n          ansible_port: 2222\n"
+    )
+    target = workload_run.controller_target(inv)
+    assert (target.address, target.user) == ("head", "root")
+    assert target.ssh_args == ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222"]
+
+
+def test_an_unreadable_inventory_is_an_error(tmp_path, monkeypatch):
+    def failing(argv, **_kwargs):
+        return subprocess.CompletedProcess(argv, 1, "", "ERROR! Unable to parse hosts.yml\n")
+
+    monkeypatch.setattr(workload_run.subprocess, "run", failing)
+    with pytest.raises(MlclusterError) as exc:
+        workload_run.controller_target(tmp_path / "hosts.yml")
+    assert str(exc.value) == (
+        f"cannot read inventory {tmp_path / 'hosts.yml'}: ERROR! Unable to parse hosts.yml"
+    )
