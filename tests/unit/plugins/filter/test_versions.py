@@ -192,6 +192,16 @@ def test_cuda_minimum_falls_back_to_the_ga_release(manifest):
     assert errors(manifest) == []
 
 
+def test_a_flavour_of_only_driver_and_cuda_is_checked(manifest):
+    manifest["flavors"]["cuda"] = ["nvidia_driver", "cuda_toolkit"]
+    manifest["platforms"]["cuda"] = {"target": "ami", "os": ["al2023"]}
+    comps(manifest)["nvidia_driver"].update(version="570.0.0", fabricmanager="570.0.0")
+    assert errors(manifest, "cuda") == [
+        "cuda_toolkit: CUDA 12.9.1 needs NVIDIA driver >= 575.57.08; versions.yml pins 570.0.0. "
+        "Raise nvidia_driver.version (and fabricmanager) or lower cuda_toolkit.version."
+    ]
+
+
 def test_unknown_cuda_release_is_not_guessed(manifest):
     comps(manifest)["cuda_toolkit"]["version"] = "12.7.0"
     assert errors(manifest) == [
@@ -270,6 +280,12 @@ def test_aws_ofi_nccl_is_bundled_or_buildable(manifest):
             "sha256": SHA,
         }
     }
+    assert errors(manifest) == []
+
+
+def test_aws_ofi_nccl_nccl_requirement_only_where_the_flavour_has_nccl(manifest):
+    manifest["flavors"]["gpu"].remove("nccl")
+    comps(manifest)["aws_ofi_nccl"]["requires"]["nccl"] = "2.30.0"
     assert errors(manifest) == []
 
 
@@ -412,6 +428,8 @@ def test_flavor_components_in_install_order(manifest):
         ("1:4.2.3-1", (4, 2, 3)),
         ("580.95.05", (580, 95, 5)),
         ("n/a", ()),
+        # only the epoch is cut off
+        ("1:2:3.0", (2,)),
     ],
 )
 def test_version_tuple(text, parts):
