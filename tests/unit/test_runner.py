@@ -313,3 +313,78 @@ def test_a_generic_failure_message_carries_the_commands_stderr():
     )
     # stderr already in the message is not repeated
     assert _message({"res": {"msg": "boom", "stderr": "boom"}}) == "boom"
+
+
+def test_a_loops_failure_reports_its_failed_items():
+    from mlcluster.runner import _message
+
+    res = {
+        "msg": "One or more items failed",
+        "results": [
+            {"failed": True, "msg": "no package foo"},
+            {"failed": False, "msg": "ok"},
+            "not a result",
+            {"failed": True, "msg": ["first", "second"]},
+        ],
+    }
+    assert _message({"res": res}) == "no package foo; first; second"
+
+
+def test_long_messages_are_cut():
+    from mlcluster.runner import _message
+
+    assert _message({"res": {"msg": "x" * 700}}) == "x" * 600
+    stderr = "e" * 300 + "f" * 400
+    assert _message({"res": {"msg": "failed", "stderr": stderr}}) == "failed: " + "f" * 400
+    assert _message({"res": {"reason": "gone"}}) == "gone"
+    assert _message({}) == ""
+
+
+def test_report_rounds_the_elapsed_time():
+    result = _result(a={"ok": 1})
+    result.elapsed_s = 1.26
+    assert result.report() == {
+        "rc": 0,
+        "status": "successful",
+        "exit_code": 0,
+        "playbook": "site.yml",
+        "inventory": "/tmp/i",
+        "elapsed_s": 1.3,
+        "artifact_dir": "/tmp/a",
+        "hosts": {"a": {"ok": 1, "changed": 0, "failures": 0, "unreachable": 0, "skipped": 0}},
+        "errors": [],
+    }
+
+
+def test_the_local_inventory_says_how_to_start_the_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_ROOT", str(tmp_path))
+    local = tmp_path / "inventory" / "local"
+    with pytest.raises(MlclusterError) as exc:
+        check_inventory(local)
+    assert str(exc.value) == (
+        f"inventory {local} does not exist (start the local cluster first: `mlcluster local up`)"
+    )
+    (local / "group_vars").mkdir(parents=True)
+    with pytest.raises(MlclusterError) as exc:
+        check_inventory(local)
+    assert str(exc.value) == (
+        f"inventory {local} holds no inventory file: the local cluster is not up "
+        "(`mlcluster local up` writes hosts.yml)"
+    )
+    (local / "hosts").write_text("[all]\n")
+    assert check_inventory(local) == local.resolve()
+
+
+def test_an_inventory_dir_needs_an_inventory_file_not_just_any_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "hosts.yml").mkdir()
+    with pytest.raises(MlclusterError) as exc:
+        check_inventory(tmp_path)
+    assert str(exc.value) == f"inventory {tmp_path} holds no inventory file"
+    (tmp_path / "inventory.ini").write_text("[all]\n")
+    assert check_inventory(tmp_path) == tmp_path.resolve()
+
+
+def test_a_missing_playbook_is_a_clear_error():
+    with pytest.raises(MlclusterError, match=r"^playbook playbooks/nope\.yml not found in "):
+        run_playbook("playbooks/nope.yml", LOCAL_HOSTS)
