@@ -55,7 +55,8 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
             [
                 "tests/unit/test_runner.py",
                 "-k",
-                "handler or summary or exit_codes or cli or message or inventory",
+                "handler or summary or exit_codes or cli or message or inventory or loop "
+                "or rounds or any_file or missing_playbook",
             ],
             ["tests/unit/test_runner.py"],
         ],
