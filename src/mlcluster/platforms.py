@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -154,34 +155,54 @@ def upload_lifecycle(
     endpoint_url: str | None = None,
     region: str | None = None,
     profile: str | None = None,
-) -> list[str]:
-    """Upload the lifecycle tree to ``uri``; returns the keys written."""
+) -> tuple[list[str], list[str]]:
+    """Upload the lifecycle tree to ``uri``: (keys written, stale project keys deleted).
+
+    Keys under <prefix>/mlcluster/ that the project no longer has are deleted, so that a node
+    never runs a role file or group_vars file left over from an older upload.
+    """
     import boto3
-    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_s3_uri(uri)
-    plan = upload_plan(provisioning_parameters)
+    base = f"{prefix}/" if prefix else ""
+    plan = [(path, base + key) for path, key in upload_plan(provisioning_parameters)]
     session = boto3.session.Session(profile_name=profile, region_name=region)
     s3 = session.client("s3", endpoint_url=endpoint_url)
-    keys = []
+
+    def put(item):
+        path, key = item
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        return key
+
     try:
-        for path, key in plan:
-            full_key = f"{prefix}/{key}" if prefix else key
-            s3.upload_file(str(path), bucket, full_key)
-            keys.append(full_key)
-    except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+        with ThreadPoolExecutor(max_workers=16) as pool:  # a few hundred small files
+            keys = list(pool.map(put, plan))
+        stale = [
+            item["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{base}mlcluster/"
+            )
+            for item in page.get("Contents", [])
+            if item["Key"] not in set(keys)
+        ]
+        for start in range(0, len(stale), 1000):  # DeleteObjects takes up to 1000 keys
+            s3.delete_objects(
+                Bucket=bucket,
+                Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]]},
+            )
+    except (BotoCoreError, ClientError) as e:
         raise MlclusterError(f"upload to {uri} failed: {e}", exit_code=1) from e
-    return keys
+    return keys, stale
 
 
 def cmd_hyperpod_lifecycle(args) -> int:
-    keys = upload_lifecycle(
+    keys, stale = upload_lifecycle(
         args.bucket, args.provisioning_parameters, args.endpoint_url, args.region, args.profile
     )
     bucket, prefix = split_s3_uri(args.bucket)
     base = f"s3://{bucket}/{prefix}".rstrip("/")
-    print(f"uploaded {len(keys)} files to {base}/")
+    print(f"uploaded {len(keys)} files to {base}/, deleted {len(stale)} left from an older upload")
     print(f"HyperPod:        LifeCycleConfig SourceS3Uri {base}/  OnCreate {ON_CREATE}")
     print(f"ParallelCluster: OnNodeConfigured Script {base}/{ON_NODE_CONFIGURED}  Args [{base}]")
     if not bucket.startswith("sagemaker-"):

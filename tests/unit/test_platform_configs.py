@@ -341,6 +341,29 @@ def test_lifecycle_upload_and_a_node_running_what_was_uploaded(tmp_path, capsys,
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("mlcluster/tests/", "mlcluster/inventory/local"))]
 
+    # A file the project no longer has goes; the upload is the project as it is now.
+    s3.put_object(
+        Bucket="sagemaker-ml-lifecycle",
+        Key="mlcluster/mlcluster/roles/old/tasks/main.yml",
+        Body=b"",
+    )
+    assert (
+        cli(
+            "hyperpod",
+            "lifecycle",
+            "--bucket",
+            "s3://sagemaker-ml-lifecycle/mlcluster",
+            "--endpoint-url",
+            moto_url,
+        )
+        == 0
+    )
+    assert "deleted 1 left from an older upload" in capsys.readouterr().out
+    assert sorted(
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket="sagemaker-ml-lifecycle", MaxKeys=1000)["Contents"]
+    ) == sorted(keys)
+
     # A node: HyperPod downloads the prefix and runs on_create.sh from it.
     node_dir = tmp_path / "lifecycle"
     for key in keys:
