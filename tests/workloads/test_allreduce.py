@@ -114,20 +114,12 @@ def test_nccl_tests_wrapper_runs_the_binary_with_the_size_flags(tmp_path):
     assert len(json_lines(result.stdout)) == 33
 
 
+SMALL_SWEEP = ["-m", "mlcluster_workloads.allreduce", "--min-bytes", "4K", "--max-bytes", "64K"]
+SMALL_SWEEP += ["--iters", "3", "--warmup-iters", "1"]
+
+
 def test_torch_gloo_two_ranks():
-    result = launch_ranks(
-        "-m",
-        "mlcluster_workloads.allreduce",
-        "--min-bytes",
-        "4K",
-        "--max-bytes",
-        "64K",
-        "--iters",
-        "3",
-        "--warmup-iters",
-        "1",
-    )
-    records = json_lines(result.stdout)
+    records = json_lines(launch_ranks(*SMALL_SWEEP).stdout)
     rows = [r for r in records if r["event"] == "allreduce"]
     assert [r["size_bytes"] for r in rows] == [4096, 8192, 16384, 32768, 65536]
     for row in rows:
@@ -136,3 +128,30 @@ def test_torch_gloo_two_ranks():
         assert row["busbw_gbps"] == pytest.approx(row["algbw_gbps"])  # 2(n-1)/n = 1 at n = 2
     summary = only(records, "allreduce_summary")
     assert (summary["sizes"], summary["wrong"], summary["source"]) == (5, 0, "torch")
+
+
+# nccl-tests' ring factor 2(n-1)/n, by hand: 6/4 at 4 ranks, 14/8 at 8. At 4 ranks, rank 3 spoils
+# one element of every reduced buffer: its count must reach rank 0's report (summed over ranks).
+@pytest.mark.parametrize(
+    ("world_size", "ring_factor", "corrupt", "wrong"),
+    [(4, 1.5, ["--corrupt-rank", "3"], 1), (8, 1.75, [], 0)],
+    ids=["4-ranks-rank-3-corrupt", "8-ranks"],
+)
+def test_busbw_and_the_wrong_count_at_more_ranks(world_size, ring_factor, corrupt, wrong):
+    # the last --max-bytes wins: 3 sizes, enough for the formula, cheap at 8 ranks
+    result = launch_ranks(
+        *SMALL_SWEEP, "--max-bytes", "16K", *corrupt, nproc=world_size, timeout=180
+    )
+    records = json_lines(result.stdout)
+    rows = [r for r in records if r["event"] == "allreduce"]
+    assert [r["size_bytes"] for r in rows] == [4096, 8192, 16384]
+    for row in rows:
+        assert (row["world_size"], row["wrong"]) == (world_size, wrong)
+        algbw = row["size_bytes"] / (row["time_us"] * 1e-6) / 1e9
+        assert row["algbw_gbps"] == pytest.approx(algbw, rel=1e-9)
+        assert row["busbw_gbps"] == pytest.approx(algbw * ring_factor, rel=1e-9)
+    summary = only(records, "allreduce_summary")
+    busbw = [row["busbw_gbps"] for row in rows]
+    assert summary["avg_busbw_gbps"] == pytest.approx(sum(busbw) / 3)
+    assert summary["max_busbw_gbps"] == max(busbw)
+    assert summary["wrong"] == 3 * wrong

@@ -244,6 +244,8 @@ def run_torch(args: argparse.Namespace, out) -> None:
             # offered, and a rank left out of the reduction shows as a wrong element.
             buffer = torch.ones((count,), dtype=dtype, device=ctx.device)
             torch_dist.all_reduce(buffer)
+            if ctx.rank == args.corrupt_rank:  # test-only: one bad element the check must count
+                buffer[0] += 1
             wrong = int((buffer != ctx.world_size).sum().item())
             buffer.zero_()  # sums of zeros cannot overflow however many iterations run
             for _ in range(args.warmup_iters):
@@ -305,6 +307,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--corrupt-rank",
+        type=int,
+        default=None,
+        metavar="RANK",
+        help="for testing the check: this rank spoils one element of every reduced buffer, so "
+        "each size must report wrong = 1",
+    )
     parser.add_argument("extra", nargs="*", help="after --: more all_reduce_perf arguments")
     return parser.parse_args(argv)
 
