@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible.errors import AnsibleError, AnsibleParserError
-from ansible.inventory.group import to_safe_group_name
-from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
-
-try:
-    import boto3
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-except ImportError:  # reported by parse(), where Ansible shows it
-    boto3 = None
+from ansible.errors import AnsibleParserError
+from ansible_collections.mlcluster.core.plugins.plugin_utils.cluster_inventory import (
+    ClusterInventory,
+    group_name,
+    ssm_proxy_args,
+)
 
 DOCUMENTATION = r"""
 name: hyperpod
@@ -41,6 +36,7 @@ requirements:
 extends_documentation_fragment:
   - constructed
   - inventory_cache
+  - mlcluster.core.aws_cluster_inventory
 options:
   plugin:
     description: The name of this plugin.
@@ -53,33 +49,6 @@ options:
     type: str
     env:
       - name: MLCLUSTER_HYPERPOD_CLUSTER
-  region:
-    description: The AWS region of the cluster.
-    type: str
-    env:
-      - name: AWS_REGION
-      - name: AWS_DEFAULT_REGION
-  profile:
-    description: A named profile of the shared AWS configuration.
-    type: str
-    env:
-      - name: AWS_PROFILE
-  endpoint_url:
-    description: Use this SageMaker API endpoint instead of the region's (a test server).
-    type: str
-    env:
-      - name: AWS_ENDPOINT_URL_SAGEMAKER
-  retry_mode:
-    description:
-      - botocore's retry mode for throttled and failed calls. C(adaptive) also slows the
-        client down when the service throttles it.
-    type: str
-    default: adaptive
-    choices: [standard, adaptive]
-  max_attempts:
-    description: Attempts per API call, the first one included.
-    type: int
-    default: 10
   describe_workers:
     description:
       - How many C(DescribeClusterNode) calls run at once. The calls are read-only; retries
@@ -117,12 +86,6 @@ options:
     description: Prefix of the group made for each instance group.
     type: str
     default: hyperpod_
-  slurm_partitions:
-    description:
-      - Set C(slurm_partitions) (one partition per compute instance group, the first one the
-        default) as a variable of C(all). Group variables files still override it.
-    type: bool
-    default: true
   hostnames:
     description:
       - What names the hosts. C(private_dns_hostname) is the node's hostname (C(ip-10-1-0-10)),
@@ -189,73 +152,31 @@ DEFAULT_CONTROLLER_GROUPS = ["controller-machine"]
 DEFAULT_LOGIN_GROUPS = ["login-group"]
 
 
-class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+class InventoryModule(ClusterInventory):
     NAME = "mlcluster.core.hyperpod"
     INVENTORY_FILE_SUFFIXES = ("hyperpod.yml", "hyperpod.yaml")
 
-    def verify_file(self, path):
-        return super().verify_file(path) and path.endswith(self.INVENTORY_FILE_SUFFIXES)
-
-    def parse(self, inventory, loader, path, cache=True):
-        super().parse(inventory, loader, path, cache)
-        if boto3 is None:
-            raise AnsibleError("the mlcluster.core.hyperpod inventory needs boto3 and botocore")
-        self._read_config_data(path)
-
-        cache_key = self.get_cache_key(path)
-        use_cache = self.get_option("cache") and cache
-        update_cache = self.get_option("cache") and not cache
-        cluster = None
-        if use_cache:
-            try:
-                cluster = self._cache[cache_key]
-            except KeyError:
-                update_cache = True
-        if cluster is None:
-            cluster = self.fetch_cluster()
-        if update_cache:
-            self._cache[cache_key] = cluster
-
-        self.populate(cluster, os.path.dirname(path))
-
-    # --- the API ---------------------------------------------------------------------------
+    def describe(self):
+        return f"HyperPod cluster {self.get_option('cluster_name')}"
 
     def sagemaker_client(self):
-        session = boto3.session.Session(
-            profile_name=self.get_option("profile"), region_name=self.get_option("region")
-        )
-        retries = {
-            "mode": self.get_option("retry_mode"),
-            # botocore's max_attempts counts retries only; total_max_attempts counts every call.
-            "total_max_attempts": self.get_option("max_attempts"),
-        }
-        return session.client(
-            "sagemaker",
-            endpoint_url=self.get_option("endpoint_url"),
-            config=Config(retries=retries),
-        )
+        return self.aws_client("sagemaker")
 
-    def fetch_cluster(self):
-        """The cluster and its nodes as plain JSON data (what the cache holds)."""
+    def fetch(self):
         name = self.get_option("cluster_name")
-        try:
-            client = self.sagemaker_client()
-            described = client.describe_cluster(ClusterName=name)
-            summaries = []
-            for page in client.get_paginator("list_cluster_nodes").paginate(ClusterName=name):
-                summaries.extend(page["ClusterNodeSummaries"])
+        client = self.sagemaker_client()
+        described = client.describe_cluster(ClusterName=name)
+        summaries = []
+        for page in client.get_paginator("list_cluster_nodes").paginate(ClusterName=name):
+            summaries.extend(page["ClusterNodeSummaries"])
 
-            def describe(summary):
-                return client.describe_cluster_node(ClusterName=name, NodeId=summary["InstanceId"])[
-                    "NodeDetails"
-                ]
+        def describe(summary):
+            return client.describe_cluster_node(ClusterName=name, NodeId=summary["InstanceId"])[
+                "NodeDetails"
+            ]
 
-            with ThreadPoolExecutor(
-                max_workers=max(1, self.get_option("describe_workers"))
-            ) as pool:
-                details = list(pool.map(describe, summaries))
-        except (BotoCoreError, ClientError) as e:
-            raise AnsibleError(f"HyperPod cluster {name}: {e}") from e
+        with ThreadPoolExecutor(max_workers=max(1, self.get_option("describe_workers"))) as pool:
+            details = list(pool.map(describe, summaries))
 
         arn = described["ClusterArn"]
         return {
@@ -334,29 +255,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 f" (it has {', '.join(cluster['instance_groups'])})"
             )
 
-        inventory = self.inventory
-        for group in ("slurm", "slurm_controller", "slurm_login", "slurm_compute"):
-            inventory.add_group(group)
-        for child in ("slurm_controller", "slurm_login", "slurm_compute"):
-            inventory.add_child("slurm", child)
         group_of = {}
         for instance_group in sorted(set(cluster["instance_groups"]) | set(computes)):
-            group_of[instance_group] = inventory.add_group(group_name(prefix + instance_group))
+            group_of[instance_group] = self.inventory.add_group(group_name(prefix + instance_group))
             if instance_group in computes:
-                inventory.add_child("slurm_compute", group_of[instance_group])
+                self.inventory.add_child("slurm_compute", group_of[instance_group])
             elif instance_group in controllers:
-                inventory.add_child("slurm_controller", group_of[instance_group])
+                self.inventory.add_child("slurm_controller", group_of[instance_group])
             elif instance_group in logins:
-                inventory.add_child("slurm_login", group_of[instance_group])
+                self.inventory.add_child("slurm_login", group_of[instance_group])
+        self.set_partitions([(partition, group_of[g]) for g, partition in computes.items()])
 
-        if self.get_option("slurm_partitions") and computes:
-            partitions = [
-                {"name": partition, "group": group_of[g]} for g, partition in computes.items()
-            ]
-            partitions[0]["default"] = True
-            inventory.set_variable("all", "slurm_partitions", partitions)
-
-        strict = self.get_option("strict")
         for node in cluster["nodes"]:
             healthy = node["status"] == RUNNING
             if not healthy and self.get_option("unhealthy_nodes") == "exclude":
@@ -364,21 +273,11 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             name = node["instance_id"]
             if self.get_option("hostnames") == "private_dns_hostname" and node["hostname"]:
                 name = node["hostname"]
-            variables = self.host_variables(cluster, node)
             if healthy:
-                inventory.add_host(name, group=group_of.get(node["instance_group"]))
+                group = group_of.get(node["instance_group"])
             else:
-                inventory.add_group(self.get_option("unhealthy_group"))
-                inventory.add_host(name, group=self.get_option("unhealthy_group"))
-            for key, value in variables.items():
-                inventory.set_variable(name, key, value)
-            self._set_composite_vars(self.get_option("compose"), variables, name, strict=strict)
-            self._add_host_to_composed_groups(
-                self.get_option("groups"), variables, name, strict=strict
-            )
-            self._add_host_to_keyed_groups(
-                self.get_option("keyed_groups"), variables, name, strict=strict
-            )
+                group = self.inventory.add_group(self.get_option("unhealthy_group"))
+            self.add_node(name, group, self.host_variables(cluster, node))
 
     def host_variables(self, cluster, node):
         variables = {
@@ -396,20 +295,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             target = (
                 f"sagemaker-cluster:{cluster['id']}_{node['instance_group']}-{node['instance_id']}"
             )
-            session = shlex.join(
-                [
-                    "aws", "ssm", "start-session", "--target", target,
-                    "--region", cluster["region"],
-                    "--document-name", "AWS-StartSSHSession", "--parameters", "portNumber=%p",
-                ]
-            )  # fmt: skip
-            variables["ansible_ssh_common_args"] = f"-o ProxyCommand={shlex.quote(session)}"
+            variables["ansible_ssh_common_args"] = ssm_proxy_args(target, cluster["region"])
         return variables
-
-
-def group_name(name):
-    """An Ansible group name: instance group names have dashes, group names may not."""
-    return to_safe_group_name(name, force=True, silent=True)
 
 
 def node_record(details):
