@@ -9,6 +9,7 @@ the case prints (one JSON object per step, a summary at the end).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -369,10 +371,15 @@ def run_case(
     steps, summary = parse_metrics(output)
     console.print(summary_table(case, job_id, state, steps, summary))
     ok = state == "COMPLETED" and summary is not None
+    reason = None if ok else failure_reason(output)
     if not ok:
         tail = "\n".join(output.strip().splitlines()[-20:])
         console.print(
-            f"[red]job {job_id} ended {state}[/red]; last output lines:\n{tail}", highlight=False
+            f"[red]job {job_id} ended {state}[/red]"
+            + (f": {escape(reason)}" if reason else "")
+            + f"\nlast output lines:\n{escape(tail)}",
+            highlight=False,
+            soft_wrap=True,
         )
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -382,6 +389,7 @@ def run_case(
                     "case": case,
                     "job_id": job_id,
                     "state": state,
+                    "reason": reason,
                     "nodes": nodes,
                     "gpus_per_node": gpus_per_node,
                     "partition": partition,
@@ -396,6 +404,19 @@ def run_case(
             + "\n"
         )
     return EXIT_OK if ok else EXIT_FAILED
+
+
+_REASON = re.compile(r"(: error: |^\w*(Error|Exception): |^srun: error: |^slurmstepd: error: )")
+
+
+def failure_reason(output: str) -> str | None:
+    """The first line of a failed job's output that says why: an argparse error, a Python
+    exception's message, or an srun/slurmstepd error."""
+    for line in output.splitlines():
+        line = line.strip()
+        if _REASON.search(line):
+            return line
+    return None
 
 
 def job_state(target: Target, job_id: str) -> str | None:

@@ -127,9 +127,10 @@ def test_run_exits_nonzero_with_the_reason_when_the_job_fails(cluster, deploys, 
         check=False,
     )
     assert proc.returncode == 1
-    assert "ended FAILED" in proc.stdout
-    assert "unrecognized arguments: --no-such-flag" in proc.stdout
-    assert json.loads(report.read_text())["state"] == "FAILED"
+    reason = "python -m mlcluster_workloads.ddp: error: unrecognized arguments: --no-such-flag"
+    assert f"ended FAILED: {reason}" in proc.stdout
+    data = json.loads(report.read_text())
+    assert (data["state"], data["reason"]) == ("FAILED", reason)
 
 
 def test_run_refuses_what_the_nodes_cannot_run(cluster, deploys):

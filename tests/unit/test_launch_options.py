@@ -131,3 +131,22 @@ def test_bundle_user_ids_from_the_image_passwd():
     assert bundle.passwd_ids(passwd, "mluser") == (2001, 2000)
     with pytest.raises(ValueError, match="no user 'nobody2'"):
         bundle.passwd_ids(passwd, "nobody2")
+
+
+def test_failure_reason_is_the_first_line_that_says_why():
+    output = "\n".join(
+        [
+            "usage: python -m mlcluster_workloads.ddp [-h] [--steps STEPS]",
+            "python -m mlcluster_workloads.ddp: error: unrecognized arguments: --bad",
+            "Traceback (most recent call last):",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+            "srun: error: compute1: task 0: Exited with exit code 1",
+        ]
+    )
+    assert workload_run.failure_reason(output) == (
+        "python -m mlcluster_workloads.ddp: error: unrecognized arguments: --bad"
+    )
+    assert workload_run.failure_reason("PermissionError: [Errno 13] /fsx/x\n") == (
+        "PermissionError: [Errno 13] /fsx/x"
+    )
+    assert workload_run.failure_reason("all fine\n") is None

@@ -315,6 +315,7 @@ def test_a_completed_job_exits_zero_with_its_report(controller, tmp_path):
         "case": "ddp",
         "job_id": JOB_ID,
         "state": "COMPLETED",
+        "reason": None,
         "nodes": 2,
         "gpus_per_node": 0,
         "partition": None,
@@ -345,8 +346,10 @@ def test_a_job_that_does_not_complete_exits_non_zero_with_the_reason(controller,
     code, text = run(controller)
     assert code == EXIT_FAILED
     assert f"ddp (job {JOB_ID}): {state}" in text
-    tail = text[text.index(f"job {JOB_ID} ended {state}; last output lines:") :].splitlines()
-    assert tail[1:] == [
+    reason = "RuntimeError: Connection reset by peer (gloo)"
+    tail = text[text.index(f"job {JOB_ID} ended {state}: {reason}") :].splitlines()
+    assert tail[1] == "last output lines:"
+    assert tail[2:] == [
         STEP,
         "Traceback (most recent call last):",
         "RuntimeError: Connection reset by peer (gloo)",
@@ -358,7 +361,7 @@ def test_a_completed_job_without_its_summary_is_a_failure(controller):
     controller.output = f"{STEP}\n"
     code, text = run(controller)
     assert code == EXIT_FAILED
-    assert f"job {JOB_ID} ended COMPLETED; last output lines:" in text
+    assert f"job {JOB_ID} ended COMPLETED\nlast output lines:" in text
 
 
 def test_the_cli_exits_with_the_failed_jobs_status(controller, capsys):
@@ -366,7 +369,10 @@ def test_the_cli_exits_with_the_failed_jobs_status(controller, capsys):
     controller.output = "RuntimeError: boom\n"
     assert cli.main(["run", "ddp", "-i", str(controller.inventory)]) == EXIT_FAILED
     out = capsys.readouterr().out
-    assert f"job {JOB_ID} ended FAILED; last output lines:\nRuntimeError: boom" in out
+    assert (
+        f"job {JOB_ID} ended FAILED: RuntimeError: boom\nlast output lines:\nRuntimeError: boom"
+        in out
+    )
 
 
 def test_a_rejected_submission_is_an_error_with_sbatchs_message(controller):
