@@ -77,7 +77,8 @@ options:
     elements: str
   compute_groups:
     description:
-      - Compute instance groups and their Slurm partition names, C({instance group: partition}).
+      - Compute instance groups and their Slurm partition names, a mapping of instance group
+        to partition.
       - Without it, the C(worker_groups) of O(provisioning_parameters), else every instance group
         that is neither a controller nor a login group, each its own partition named like its
         inventory group without the prefix.
