@@ -35,6 +35,12 @@ options:
     description: Python interpreter whose pip runs (the target nodes' Python version must match).
     type: path
     default: python3
+  pip_args:
+    description:
+      - Extra arguments of C(pip download), e.g. C(--extra-index-url URL) for torch's CUDA
+        wheels. Part of the digest.
+    type: str
+    default: ""
 notes:
   - Supports check mode (reports whether the wheelhouse would change).
 """
@@ -64,6 +70,7 @@ wheels:
 
 import hashlib  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
@@ -102,6 +109,7 @@ def main():
             "requirements": {"type": "list", "elements": "str", "default": []},
             "sources": {"type": "list", "elements": "path", "default": []},
             "python": {"type": "path", "default": "python3"},
+            "pip_args": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -111,7 +119,8 @@ def main():
     for source in sources:
         if not os.path.isfile(os.path.join(source, "pyproject.toml")):
             module.fail_json(msg=f"{source} is not a Python project (no pyproject.toml)")
-    digest = inputs_digest(requirements, sources)
+    pip_args = shlex.split(module.params["pip_args"])
+    digest = inputs_digest([*pip_args, *requirements], sources)
     stamp = os.path.join(path, STAMP)
     current = None
     if os.path.isfile(stamp):
@@ -125,7 +134,7 @@ def main():
     python = module.params["python"]
     if requirements:
         module.run_command(
-            [python, "-m", "pip", "download", "--quiet", "--dest", path, *requirements],
+            [python, "-m", "pip", "download", "--quiet", "--dest", path, *pip_args, *requirements],
             check_rc=True,
         )
     for source in sources:
