@@ -25,26 +25,17 @@ from botocore.stub import Stubber
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sagemaker import models as sagemaker_models
 from moto.sagemaker.models import sagemaker_backends
-from moto.server import ThreadedMotoServer
 
 from mlcluster.paths import project_root, venv_bin
 
-REGION = "us-west-2"
 ROOT = project_root()
+REGION = "us-west-2"  # the aws_env fixture's
+pytestmark = pytest.mark.usefixtures("aws_env")
 init_plugin_loader([str(ROOT / "collections")])
 
 from ansible_collections.mlcluster.core.plugins.inventory import hyperpod  # noqa: E402
 
 ROLE = "arn:aws:iam::123456789012:role/hyperpod-execution"
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -55,19 +46,6 @@ def moto_node_pages(monkeypatch):
     monkeypatch.setitem(
         sagemaker_models.PAGINATION_MODEL["list_cluster_nodes"], "unique_attribute", "instance_id"
     )
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    """Fake credentials only; no profile or config file of the person running the tests."""
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
 def create_cluster(url, groups):

@@ -18,16 +18,18 @@ import sys
 import boto3
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
 from mlcluster import platforms
 from mlcluster.errors import MlclusterError
 from mlcluster.paths import project_root
 
 ROOT = project_root()
-REGION = "us-west-2"
+REGION = "us-west-2"  # the aws_env fixture's
 # aws-parallelcluster 3.16's schema still uses marshmallow's `default=`.
-pytestmark = pytest.mark.filterwarnings("ignore:The 'default' argument to fields is deprecated")
+pytestmark = [
+    pytest.mark.usefixtures("aws_env"),
+    pytest.mark.filterwarnings("ignore:The 'default' argument to fields is deprecated"),
+]
 
 HYPERPOD = {
     "cluster_name": "ml-cluster",
@@ -85,27 +87,6 @@ def write_yaml(tmp_path, data, name="cluster.yml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-@pytest.fixture(scope="module")
-def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
 # --- hyperpod cluster-config ---------------------------------------------------------------------
