@@ -118,7 +118,12 @@ def cmd_bake(args) -> int:
 def cmd_validate(args) -> int:
     from . import validate
 
-    return validate.run_validate(Path(args.inventory), Path(args.report) if args.report else None)
+    return validate.run_validate(
+        Path(args.inventory),
+        Path(args.report) if args.report else None,
+        level=args.level,
+        drain=args.drain,
+    )
 
 
 def cmd_run(args) -> int:
@@ -207,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="run the node checks against an inventory")
     validate.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
     validate.add_argument("--report", help="write a JSON report to this file")
+    validate.add_argument(
+        "--level",
+        choices=["quick", "standard", "full"],
+        default="quick",
+        help="quick: daemons, devices, libraries; standard: + DCGM diag -r 1; "
+        "full: + DCGM diag -r 3 and a two-node fabric ping-pong (fi_pingpong) through Slurm",
+    )
+    validate.add_argument(
+        "--drain",
+        action="store_true",
+        help="drain compute nodes with a failed check in Slurm, the check as the reason",
+    )
     validate.set_defaults(func=cmd_validate)
 
     from mlcluster_workloads import cases

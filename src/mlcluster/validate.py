@@ -4,6 +4,12 @@ The checks run in this process through pytest with a plugin that collects each r
 summary is a table of nodes by checks, the report a JSON file
 ``{"passed": n, "failed": n, "skipped": n, "checks": [...]}``. Exit code 0 when every check
 passed, 1 when one failed, 2 when the checks could not run at all (no inventory, no hosts).
+
+Levels: ``quick`` (daemons, devices, libraries), ``standard`` (adds DCGM's short diagnostic),
+``full`` (DCGM's long diagnostic and a two-node fabric ping-pong as a Slurm job: libfabric's
+``fi_pingpong`` over the efa provider where the nodes have EFA, over tcp elsewhere, which says
+so). With ``drain``, every compute node with a failed check is drained in Slurm with the
+check and its message as the reason, so the scheduler stops placing jobs there.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +30,22 @@ EXIT_NOT_RUN = 2
 
 _NODE_ID = re.compile(r"^(?P<file>[^:]+)::(?P<check>[^\[]+)\[(?:ansible://)?(?P<node>[^\]]+)\]$")
 _MARK = {"passed": "ok", "failed": "FAIL", "skipped": "-"}
+LEVELS = ("quick", "standard", "full")
+CLUSTER = "cluster"
+
+# One task per node: the first node serves, the second connects to it. EFA where fi_info shows
+# the efa provider (reliable datagram endpoints), tcp (message endpoints) elsewhere.
+_PINGPONG = r"""
+prov=tcp; ep=msg
+if fi_info -p efa >/dev/null 2>&1; then prov=efa; ep=rdm; fi
+server=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+echo "provider $prov"
+if [ "$SLURM_PROCID" = 0 ]; then
+  exec timeout 60 fi_pingpong -p "$prov" -e "$ep" -I 200 -S 65536
+fi
+sleep 2
+exec timeout 60 fi_pingpong -p "$prov" -e "$ep" -I 200 -S 65536 "$server"
+"""
 
 
 @dataclass
@@ -74,7 +97,9 @@ def _short(report) -> str:
     return first.removeprefix("AssertionError: ")[:300]
 
 
-def run_checks(inventory: Path, extra_args: list[str] | None = None) -> tuple[int, _Collector]:
+def run_checks(
+    inventory: Path, extra_args: list[str] | None = None, level: str = "quick"
+) -> tuple[int, _Collector]:
     import pytest
 
     # testinfra reads the inventory with ansible-inventory, from the project's venv.
@@ -92,6 +117,7 @@ def run_checks(inventory: Path, extra_args: list[str] | None = None) -> tuple[in
         "no:terminal",
         "-o",
         "addopts=",
+        f"--level={level}",
         *(extra_args or []),
     ]
     rc = pytest.main(args, plugins=[collector])
@@ -118,14 +144,111 @@ def summary_table(checks: list[Check]) -> str:
     return "\n".join(rows)
 
 
-def run_validate(inventory: Path, report: Path | None = None, say=print) -> int:
+def parse_pingpong(output: str) -> dict:
+    """Provider and the client's row of fi_pingpong's table (bytes, MB/s, usec/xfer)."""
+    provider = next(
+        (line.split()[-1] for line in output.splitlines() if line.startswith("provider ")), None
+    )
+    rows = []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[1].isdigit() and fields[2].startswith("="):
+            rows.append(
+                {
+                    "bytes": fields[0],
+                    "mb_per_s": float(fields[5]),
+                    "usec_per_xfer": float(fields[6]),
+                }
+            )
+    return {"provider": provider, "rows": rows}
+
+
+def fabric_pingpong(inventory: Path) -> Check:
+    """A two-node fi_pingpong as a Slurm job, run from the controller."""
+    from .errors import MlclusterError
+    from .workload_run import controller_target
+
+    name = "test_fabric_pingpong"
+    try:
+        target = controller_target(inventory)
+        command = (
+            "cd /tmp && timeout 150 srun -N2 --ntasks-per-node=1 --job-name=mlcluster-pingpong "
+            f"bash -c {shlex.quote(_PINGPONG)}"
+        )
+        proc = target.run(command, timeout=180)
+    except MlclusterError as exc:
+        return Check(CLUSTER, name, "failed", str(exc))
+    result = parse_pingpong(proc.stdout)
+    if proc.returncode != 0 or len(result["rows"]) < 2:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Check(
+            CLUSTER, name, "failed", f"fi_pingpong failed (exit {proc.returncode}): {tail[0]}"
+        )
+    row = result["rows"][0]
+    note = "" if result["provider"] == "efa" else " (no EFA: the fabric path checked over tcp)"
+    message = (
+        f"{result['provider']}: {row['bytes']} messages at {row['mb_per_s']} MB/s, "
+        f"{row['usec_per_xfer']} us each{note}"
+    )
+    return Check(CLUSTER, name, "passed", message)
+
+
+def drain_failed(inventory: Path, checks: list[Check], say=print) -> list[dict]:
+    """Drain every compute node with a failed check, the check and its message as reason."""
+    import testinfra
+
+    from .workload_run import controller_target
+
+    failed: dict[str, list[Check]] = {}
+    for check in checks:
+        if check.outcome == "failed" and check.node != CLUSTER:
+            failed.setdefault(check.node, []).append(check)
+    if not failed:
+        return []
+    runner = testinfra.utils.ansible_runner.AnsibleRunner(str(inventory))
+    computes = set(runner.get_hosts("slurm_compute"))
+    target = controller_target(inventory)
+    drained = []
+    for node, node_checks in sorted(failed.items()):
+        if node not in computes:
+            continue
+        host = testinfra.get_host(f"ansible://{node}", ansible_inventory=str(inventory))
+        slurm_name = host.check_output("hostname -s")
+        first = node_checks[0]
+        reason = f"mlcluster validate: {first.check.removeprefix('test_')}: {first.message}"
+        reason = re.sub(r"[^\w .,:;=/()+-]", "_", reason)[:200]
+        proc = target.run(
+            f"scontrol update NodeName={shlex.quote(slurm_name)} State=DRAIN "
+            f"Reason={shlex.quote(reason)}"
+        )
+        if proc.returncode != 0:
+            say(f"could not drain {slurm_name}: {proc.stderr.strip()}")
+            continue
+        say(f"drained {slurm_name}: {reason}")
+        drained.append({"node": node, "slurm_node": slurm_name, "reason": reason})
+    return drained
+
+
+def run_validate(
+    inventory: Path,
+    report: Path | None = None,
+    say=print,
+    level: str = "quick",
+    drain: bool = False,
+) -> int:
     """Run the node checks against INVENTORY, print a table, write REPORT; exit code."""
     inventory = Path(inventory)
     if not inventory.exists():
         say(f"mlcluster validate: inventory {inventory} does not exist")
         return EXIT_NOT_RUN
-    rc, collector = run_checks(inventory.resolve())
+    if level not in LEVELS:
+        say(f"mlcluster validate: level {level!r} is not one of {', '.join(LEVELS)}")
+        return EXIT_NOT_RUN
+    rc, collector = run_checks(inventory.resolve(), level=level)
     checks = collector.checks
+    if level == "full" and checks:
+        checks.append(fabric_pingpong(inventory.resolve()))
+    drained = drain_failed(inventory.resolve(), checks, say) if drain and checks else []
     counts = {k: sum(c.outcome == k for c in checks) for k in ("passed", "failed", "skipped")}
     if report is not None:
         report = Path(report)
@@ -133,6 +256,8 @@ def run_validate(inventory: Path, report: Path | None = None, say=print) -> int:
         payload = {
             **counts,
             "inventory": str(inventory),
+            "level": level,
+            "drained": drained,
             "errors": collector.collect_errors,
             "checks": [asdict(c) for c in checks],
         }

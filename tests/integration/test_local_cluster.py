@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 
 import pytest
 
@@ -97,9 +99,12 @@ def test_common_role_applied(cluster, deploys):
 
 
 def test_validate_passes_on_every_node(cluster, deploys, tmp_path):
-    # The node checks a user points at a real inventory, here at the deployed local cluster.
+    # The node checks a user points at a real inventory, here at the deployed local cluster,
+    # at the deepest level: with the two-node fabric ping-pong through Slurm.
     report_path = tmp_path / "checks.json"
-    proc = mlcluster("validate", "-i", str(cluster.inventory), "--report", str(report_path))
+    proc = mlcluster(
+        "validate", "-i", str(cluster.inventory), "--level", "full", "--report", str(report_path)
+    )
     report = json.loads(report_path.read_text())
     assert report["failed"] == 0 and report["errors"] == [], proc.stdout
     outcomes = {
@@ -113,4 +118,50 @@ def test_validate_passes_on_every_node(cluster, deploys, tmp_path):
         assert outcomes[(node, "node_usable")] == expected, (node, outcomes)
         # No GPU is expected on these nodes: the GPU checks say so rather than pass.
         assert outcomes[(node, "gpu_count")] == "skipped"
+    messages = {(c["node"], c["check"]): c["message"] for c in report["checks"]}
+    assert messages[("compute1", "test_efa_provider")] == (
+        "not applicable: no EFA device (no RDMA device bound to the efa driver)"
+    )
+    # No EFA here: libfabric's tcp provider carries the ping-pong, and the check says so.
+    assert outcomes[("cluster", "fabric_pingpong")] == "passed"
+    assert re.fullmatch(
+        r"tcp: 64k messages at [\d.]+ MB/s, [\d.]+ us each"
+        r" \(no EFA: the fabric path checked over tcp\)",
+        messages[("cluster", "test_fabric_pingpong")],
+    )
     assert "0 failed" in proc.stdout
+
+
+def test_validate_drains_a_node_whose_check_fails(cluster, deploys, tmp_path):
+    """A real fault (MUNGE stopped on compute2): `validate --drain` drains it with the reason."""
+    report_path = tmp_path / "checks.json"
+    cluster.ssh("compute2", "systemctl stop munge")
+    try:
+        proc = mlcluster(
+            "validate",
+            "-i",
+            str(cluster.inventory),
+            "--drain",
+            "--report",
+            str(report_path),
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stdout
+        reason = "mlcluster validate: munge: munge is not running"
+        assert json.loads(report_path.read_text())["drained"] == [
+            {"node": "compute2", "slurm_node": "compute2", "reason": reason}
+        ]
+        state = cluster.ssh("controller", "sinfo -h -N -n compute2 -o '%t|%E'").stdout.strip()
+        assert state == f"drain|{reason}"
+        # The healthy node stays in service.
+        other = cluster.ssh("controller", "sinfo -h -N -n compute1 -o '%t'").stdout.strip()
+        assert other == "idle"
+    finally:
+        cluster.ssh("compute2", "systemctl start munge")
+        cluster.ssh("controller", "scontrol update NodeName=compute2 State=RESUME")
+    for _ in range(30):
+        state = cluster.ssh("controller", "sinfo -h -N -n compute2 -o '%t'").stdout.strip()
+        if state == "idle":
+            break
+        time.sleep(2)
+    assert state == "idle"

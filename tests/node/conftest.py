@@ -10,6 +10,20 @@ from __future__ import annotations
 import pytest
 import testinfra
 
+# How deep the checks go (`mlcluster validate --level`): quick (seconds: daemons, devices,
+# libraries), standard (adds DCGM's short diagnostic), full (DCGM's long diagnostic; the
+# cluster-wide fabric ping-pong runs in `mlcluster validate` itself).
+LEVELS = ("quick", "standard", "full")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--level", choices=LEVELS, default="quick", help="depth of the checks")
+
+
+@pytest.fixture(scope="session")
+def level(request) -> str:
+    return request.config.getoption("--level")
+
 
 def _groups(host) -> list[str]:
     return list(host.ansible.get_variables().get("group_names", []))

@@ -140,3 +140,34 @@ def test_nccl_library(host, python, node_vars, expected_gpus):
     version = int(result.stdout)
     # ncclGetVersion gives major*10000 + minor*100 + patch from NCCL 2.9 on.
     assert version >= 20900, f"{library} is older than NCCL 2.9 (ncclGetVersion: {version})"
+
+
+# dcgmi diag run level per validation level: 1 = quick software and deployment checks (seconds),
+# 3 = adds the stress tests (PCIe, memory, targeted power/stress: many minutes).
+_DCGM_LEVELS = {"standard": 1, "full": 3}
+
+
+def test_dcgm_diagnostic(host, expected_gpus, level):
+    if level not in _DCGM_LEVELS:
+        pytest.skip("level quick runs no DCGM diagnostic (--level standard or full)")
+    run_level = _DCGM_LEVELS[level]
+    result = host.run(f"timeout 3600 dcgmi diag -r {run_level}")
+    assert result.rc == 0, (
+        f"dcgmi diag -r {run_level} failed (exit {result.rc}): {_last_line(result)}"
+    )
+    failed = [line.strip() for line in result.stdout.splitlines() if "Fail" in line]
+    assert not failed, f"dcgmi diag -r {run_level}: {failed[0]}"
+
+
+def test_gpu_topology_and_nvlink(host, smi, expected_gpus):
+    """Every GPU appears in the topology matrix; where NVLink exists, no link is inactive."""
+    topo = host.run("timeout 120 nvidia-smi topo -m")
+    assert topo.rc == 0, f"nvidia-smi topo -m failed: {_last_line(topo)}"
+    header = next((line.split() for line in topo.stdout.splitlines() if "GPU0" in line), [])
+    gpus = [column for column in header if re.fullmatch(r"GPU\d+", column)]
+    assert len(gpus) == expected_gpus, f"topology shows {len(gpus)} GPUs, not {expected_gpus}"
+    links = host.run("timeout 120 nvidia-smi nvlink -s")
+    if links.rc != 0 or "Link" not in links.stdout:
+        return  # no NVLink on this machine (PCIe only): nothing more to check
+    inactive = [line.strip() for line in links.stdout.splitlines() if "inactive" in line.lower()]
+    assert not inactive, f"{len(inactive)} NVLink link(s) inactive, e.g. {inactive[0]}"

@@ -12,7 +12,7 @@ _UNUSABLE = re.compile(r"^(down|drain|drng|fail|futr|inval|unk)|[*~#]$")
 
 
 def test_munge(host):
-    assert host.service("munge").is_running
+    assert host.service("munge").is_running, "munge is not running"
 
 
 def test_munge_key(host):
@@ -23,7 +23,8 @@ def test_munge_key(host):
 
 def test_munge_credential(host):
     result = host.run("munge --no-input | unmunge")
-    assert result.rc == 0, result.stderr
+    lines = (result.stderr or result.stdout).strip().splitlines()
+    assert result.rc == 0, f"no MUNGE credential round trip: {lines[-1] if lines else result.rc}"
 
 
 def test_slurm_daemons(host, groups, node_vars):

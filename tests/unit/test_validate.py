@@ -71,7 +71,7 @@ def test_exit_codes_and_report(tmp_path, monkeypatch):
         validate.Check("compute1", "test_munge", "passed"),
         validate.Check("compute1", "test_clock", "failed", "off by 3 s"),
     ]
-    monkeypatch.setattr(validate, "run_checks", lambda _inv: (1, collector))
+    monkeypatch.setattr(validate, "run_checks", lambda _inv, level="quick": (1, collector))
     report = tmp_path / "report.json"
     out = []
     assert validate.run_validate(tmp_path, report, say=out.append) == validate.EXIT_FAILED
