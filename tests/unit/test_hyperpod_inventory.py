@@ -19,7 +19,7 @@ from ansible.errors import AnsibleError
 from ansible.inventory.data import InventoryData
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader, inventory_loader
+from ansible.plugins.loader import inventory_loader
 from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -28,10 +28,12 @@ from moto.sagemaker.models import sagemaker_backends
 
 from mlcluster.paths import project_root, venv_bin
 
+from .ansible_collection import init_collection_loader
+
 ROOT = project_root()
 REGION = "us-west-2"  # the aws_env fixture's
 pytestmark = pytest.mark.usefixtures("aws_env")
-init_plugin_loader([str(ROOT / "collections")])
+init_collection_loader()
 
 from ansible_collections.mlcluster.core.plugins.inventory import hyperpod  # noqa: E402
 

@@ -17,14 +17,15 @@ import boto3
 import pytest
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader
 
 from mlcluster.paths import project_root, venv_bin
+
+from .ansible_collection import init_collection_loader
 
 ROOT = project_root()
 REGION = "us-west-2"  # the aws_env fixture's
 pytestmark = pytest.mark.usefixtures("aws_env")
-init_plugin_loader([str(ROOT / "collections")])
+init_collection_loader()
 
 
 @functools.cache
