@@ -441,3 +441,28 @@ def test_ansible_inventory_command_on_the_shipped_inventory(moto_url):
     assert hostvars["slurm_node_config"] == {"Features": ["p5", "ml.p5.48xlarge", "efa"]}
     # --list marks values that came from an inventory plugin as unsafe: {"__ansible_unsafe": ...}
     assert "--target sagemaker-cluster:" in json.dumps(hostvars["ansible_ssh_common_args"])
+
+
+def test_the_preflight_plays_pass_on_the_plugins_inventory(moto_url):
+    """playbooks/preflight.yml and slurm_preflight.yml (required groups, variables, partitions)
+    on inventory/hyperpod read from moto; a worker group of provisioning_parameters.json without
+    nodes (worker-g5 here) makes no partition."""
+    cluster = create_cluster(
+        moto_url, [("controller-machine", "ml.c5.xlarge", 1), ("worker-p5", "ml.p5.48xlarge", 2)]
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "MLCLUSTER_HYPERPOD_CLUSTER": cluster,
+        "AWS_ENDPOINT_URL_SAGEMAKER": moto_url,
+    }
+    command = [
+        str(venv_bin() / "ansible-playbook"), "-i", "inventory/hyperpod",
+        "playbooks/preflight.yml", "playbooks/slurm_preflight.yml",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "controller-machine-0       : ok=" in result.stdout
+    assert "failed=0" in result.stdout and "unreachable=0" in result.stdout

@@ -265,7 +265,6 @@ class InventoryModule(ClusterInventory):
                 self.inventory.add_child("slurm_controller", group_of[instance_group])
             elif instance_group in logins:
                 self.inventory.add_child("slurm_login", group_of[instance_group])
-        self.set_partitions([(partition, group_of[g]) for g, partition in computes.items()])
 
         for node in cluster["nodes"]:
             healthy = node["status"] == RUNNING
@@ -279,6 +278,15 @@ class InventoryModule(ClusterInventory):
             else:
                 group = self.inventory.add_group(self.get_option("unhealthy_group"))
             self.add_node(name, group, self.host_variables(cluster, node))
+
+        # A partition of an instance group without (healthy) nodes would fail the preflight.
+        self.set_partitions(
+            [
+                (partition, group_of[g])
+                for g, partition in computes.items()
+                if self.inventory.groups[group_of[g]].get_hosts()
+            ]
+        )
 
     def host_variables(self, cluster, node):
         variables = {
