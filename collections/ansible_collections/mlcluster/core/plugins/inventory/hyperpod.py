@@ -120,6 +120,7 @@ options:
 """
 
 EXAMPLES = r"""
+---
 # inventory/hyperpod/cluster.hyperpod.yml
 plugin: mlcluster.core.hyperpod
 cluster_name: ml-cluster
@@ -127,6 +128,7 @@ region: us-west-2
 # The same group mapping the lifecycle scripts use:
 provisioning_parameters: ../../lifecycle/hyperpod/provisioning_parameters.json
 
+---
 # Explicit mapping, nodes reached directly, unhealthy nodes kept in a group, a day's cache:
 plugin: mlcluster.core.hyperpod
 cluster_name: arn:aws:sagemaker:us-west-2:123456789012:cluster/abcd1234efgh
