@@ -294,11 +294,46 @@ def hyperpod_plan(resource_config: list, params: dict, ips: set) -> tuple:
     return inventory(nodes, self_name, all_vars), self_name, self_role
 
 
-def parallelcluster_plan(cfn: dict, queue: str | None, name: str, ips: set) -> tuple:
+def slurm_nodes() -> list:
+    """[(node name, address, [partitions])] from the platform's own Slurm, [] without one.
+
+    On a ParallelCluster head or login node, ParallelCluster has configured Slurm before
+    OnNodeConfigured runs; its node list (static and dynamic nodes alike) is the cluster's.
+    """
+    scontrol = (
+        os.environ.get("MLCLUSTER_SCONTROL")
+        or next((p for p in ("/opt/slurm/bin/scontrol",) if os.path.exists(p)), None)
+        or shutil.which("scontrol")
+    )
+    if not scontrol:
+        return []
+    try:
+        result = subprocess.run(
+            [scontrol, "show", "nodes", "--oneliner"], capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot list Slurm's nodes with %s: %s", scontrol, e)
+        return []
+    if result.returncode != 0:
+        log.warning("%s show nodes failed: %s", scontrol, result.stderr.strip())
+        return []
+    nodes = []
+    for line in result.stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        partitions = [p for p in fields.get("Partitions", "").split(",") if p]
+        if fields.get("NodeName") and partitions:
+            nodes.append((fields["NodeName"], fields.get("NodeAddr", ""), partitions))
+    return nodes
+
+
+def parallelcluster_plan(
+    cfn: dict, queue: str | None, name: str, ips: set, cluster_nodes: list = ()
+) -> tuple:
     """(inventory, this node's name, its role) for a ParallelCluster node.
 
-    A node knows itself and the head node only: compute nodes come and go with Slurm's power
-    saving, so the head node's run requires only the slurm_controller group.
+    A compute node knows itself and the head node. The head and login nodes also list
+    ``cluster_nodes`` (slurm_nodes()) as compute nodes, each in the group of its first
+    partition (its queue); without them the run requires only the slurm_controller group.
     """
     head_ip = cfn["cfn_head_node_private_ip"]
     head = {
@@ -310,14 +345,32 @@ def parallelcluster_plan(cfn: dict, queue: str | None, name: str, ips: set) -> t
     }
     node_type = cfn["cfn_node_type"]
     all_vars = {"mlcluster_platform": "parallelcluster"}
+    computes = [
+        {
+            "name": node,
+            "ip": address or node,
+            "role": "compute",
+            "group": group_name("pcluster_queue_", partitions[0]),
+            "vars": {"pcluster_queue": partitions[0]},
+        }
+        for node, address, partitions in cluster_nodes
+    ]
+    if node_type in ("HeadNode", "MasterServer", "LoginNode"):
+        queues = sorted({n["vars"]["pcluster_queue"] for n in computes})
+        if queues:
+            all_vars["slurm_partitions"] = [
+                {"name": q, "group": group_name("pcluster_queue_", q)} for q in queues
+            ]
+            all_vars["slurm_partitions"][0]["default"] = True
+        else:
+            log.warning("no compute nodes known (no scontrol): slurm_compute is empty")
+            all_vars["mlcluster_required_groups"] = ["slurm_controller"]
     if node_type in ("HeadNode", "MasterServer"):
-        all_vars["mlcluster_required_groups"] = ["slurm_controller"]
-        return inventory([head], head["name"], all_vars), head["name"], "controller"
+        return inventory([head, *computes], head["name"], all_vars), head["name"], "controller"
     ip = sorted(ips)[0] if ips else "127.0.0.1"
     if node_type == "LoginNode":
         me = {"name": name, "ip": ip, "role": "login", "group": "", "vars": {}}
-        all_vars["mlcluster_required_groups"] = ["slurm_controller"]
-        return inventory([head, me], name, all_vars), name, "login"
+        return inventory([head, me, *computes], name, all_vars), name, "login"
     if node_type != "ComputeFleet":
         raise LifecycleError(
             f"unknown cfn_node_type {node_type!r} (HeadNode, ComputeFleet, LoginNode)"
@@ -491,7 +544,8 @@ def run(args: argparse.Namespace) -> int:
             doc, name, role = hyperpod_plan(read_resource_config(Path(config_path)), params, ips)
         else:
             cfn = read_cfnconfig(args.cfnconfig or host_path(CFNCONFIG))
-            doc, name, role = parallelcluster_plan(cfn, args.queue, own_name(), ips)
+            nodes = slurm_nodes() if cfn["cfn_node_type"] != "ComputeFleet" else []
+            doc, name, role = parallelcluster_plan(cfn, args.queue, own_name(), ips, nodes)
         log.info("this node is %s: %s", name, role)
         inventory_path = write_inventory(doc, args.platform, state, project)
         log.info("inventory written to %s", inventory_path)

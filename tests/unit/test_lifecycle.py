@@ -432,6 +432,51 @@ def test_parallelcluster_node_knows_itself_and_the_head_node(tmp_path, node_type
         assert doc["all"]["vars"]["mlcluster_required_groups"] == ["slurm_controller"]
 
 
+SCONTROL_NODES = """\
+NodeName=gpu-st-p5-1 NodeAddr=10.0.16.21 NodeHostName=gpu-st-p5-1 State=IDLE Partitions=gpu
+NodeName=gpu-dy-p5-1 NodeAddr=gpu-dy-p5-1 State=IDLE+CLOUD+POWERED_DOWN Partitions=gpu
+NodeName=cpu-dy-c6i-1 NodeAddr=cpu-dy-c6i-1 State=IDLE+CLOUD+POWERED_DOWN Partitions=cpu
+"""
+
+
+def test_parallelcluster_head_node_lists_slurms_nodes_and_passes_the_preflight(tmp_path):
+    """The head node's inventory holds the nodes ParallelCluster's Slurm knows (scontrol), so
+    site.yml's preflight plays pass on it; a node without them would have no slurm_compute."""
+    scontrol = write(tmp_path / "scontrol", f"#!/bin/sh\ncat <<'EOF'\n{SCONTROL_NODES}EOF\n")
+    scontrol.chmod(0o755)
+    root = tmp_path / "node"
+    write(root / "etc/parallelcluster/cfnconfig", CFNCONFIG.format(node_type="HeadNode"))
+    env = {
+        **os.environ,
+        "MLCLUSTER_LIFECYCLE_ROOT": str(root),
+        "MLCLUSTER_NODE_IP": "10.0.0.10",
+        "MLCLUSTER_SCONTROL": str(scontrol),
+    }
+    result = subprocess.run(
+        [sys.executable, str(HYPERPOD / "mlcluster_lifecycle.py"), "parallelcluster", "--dry-run",
+         "--ansible-playbook", "ansible-playbook"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    inventory = root / "opt/mlcluster/inventory/hosts.yml"
+    doc = yaml.safe_load(inventory.read_text())
+    compute = doc["all"]["children"]["slurm"]["children"]["slurm_compute"]["children"]
+    assert names(compute["pcluster_queue_gpu"]["hosts"]) == ["gpu-dy-p5-1", "gpu-st-p5-1"]
+    assert compute["pcluster_queue_gpu"]["hosts"]["gpu-st-p5-1"]["ansible_host"] == "10.0.16.21"
+    assert names(compute["pcluster_queue_cpu"]["hosts"]) == ["cpu-dy-c6i-1"]
+    assert doc["all"]["vars"]["slurm_partitions"] == [
+        {"name": "cpu", "group": "pcluster_queue_cpu", "default": True},
+        {"name": "gpu", "group": "pcluster_queue_gpu"},
+    ]
+    preflight = subprocess.run(
+        [str(venv_bin() / "ansible-playbook"), "-i", str(inventory),
+         "playbooks/preflight.yml", "playbooks/slurm_preflight.yml"],
+        cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert preflight.returncode == 0, preflight.stdout[-3000:]
+
+
 def test_parallelcluster_errors(tmp_path):
     with pytest.raises(
         lifecycle.LifecycleError, match="does not exist: is this a ParallelCluster node"
