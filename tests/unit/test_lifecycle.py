@@ -320,6 +320,15 @@ def test_written_inventory_is_read_by_ansible_with_the_platform_group_vars(node_
         "group": "hyperpod_worker_p5",
         "default": True,
     }
+    # site.yml's preflight plays (groups, role variables, partitions) pass on it.
+    preflight = subprocess.run(
+        [str(venv_bin() / "ansible-playbook"),
+         "-i", str(node_root / "opt/mlcluster/inventory/hosts.yml"),
+         "playbooks/preflight.yml", "playbooks/slurm_preflight.yml"],
+        cwd=ROOT, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert preflight.returncode == 0, preflight.stdout[-3000:]
 
 
 def test_on_create_runs_ansible_and_is_safe_to_run_again(node_root, fake_ansible):
