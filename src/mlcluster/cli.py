@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, bakeami
+from . import __version__, bakeami, platforms
 from .errors import MlclusterError
 
 LOCAL_INVENTORY = "inventory/local"
@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CPUs or GPUs; cases that checkpoint write to /fsx/mlcluster/checkpoints/JOB)."
     )
     run.set_defaults(func=cmd_run)
+    platforms.add_commands(sub)
     return parser
 
 
