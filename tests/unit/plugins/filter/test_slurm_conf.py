@@ -197,3 +197,15 @@ def test_filters_are_registered():
         "slurm_node": slurm_conf.slurm_node,
         "slurm_partition_list": slurm_conf.slurm_partition_list,
     }
+
+
+@pytest.mark.parametrize(
+    ("missing", "vcpus", "sockets", "cores", "threads"),
+    [("processor_count", 8, 0, 4, 2), ("processor_cores", 2, 2, 0, 1)],
+)
+def test_node_with_a_missing_topology_fact_gives_only_cpus(missing, vcpus, sockets, cores, threads):
+    host = _host("c1", vcpus=vcpus, sockets=sockets, cores=cores, threads=threads)
+    del host["ansible_facts"][missing]
+    params = slurm_conf.slurm_node(host, 0)["params"]
+    assert params["CPUs"] == vcpus
+    assert not {"Sockets", "CoresPerSocket", "ThreadsPerCore"} & set(params)
