@@ -294,8 +294,8 @@ def make_copy(workdir: Path) -> Path:
     return tree
 
 
-def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tuple[str, float]:
-    """killed, survived or timeout, and the seconds it took."""
+def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tuple[str, float, str]:
+    """killed, survived or timeout, the seconds it took, and the failing run's output."""
     env = {
         **os.environ,
         # The copy's packages and plugins shadow the checkout's editable installs.
@@ -316,16 +316,16 @@ def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tup
                 command, cwd=tree, env=env, capture_output=True, text=True, timeout=left
             )
         except subprocess.TimeoutExpired:
-            return "timeout", time.monotonic() - started
+            return "timeout", time.monotonic() - started, ""
         if proc.returncode == 1:
-            return "killed", time.monotonic() - started
+            return "killed", time.monotonic() - started, proc.stdout[-3000:]
         if proc.returncode != 0:
             # 2-5: interrupted, internal error, usage error, no tests: the run itself is broken.
             raise RuntimeError(
                 f"pytest {' '.join(stage)} exited {proc.returncode}:\n"
                 f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
             )
-    return "survived", time.monotonic() - started
+    return "survived", time.monotonic() - started, ""
 
 
 def run_target(name: str, tree: Path, only: set[int] | None, verbose: bool) -> list[Mutant]:
@@ -335,9 +335,9 @@ def run_target(name: str, tree: Path, only: set[int] | None, verbose: bool) -> l
     points = mutation_points(original)
     # The baseline: the unmutated module, written the way the mutants are (ast.unparse).
     path.write_text(ast.unparse(ast.parse(original)) + "\n")
-    outcome, baseline = run_tests(tree, stages, None)
+    outcome, baseline, output = run_tests(tree, stages, None)
     if outcome != "survived":
-        raise RuntimeError(f"{name}: the tests fail without any mutant; fix them first")
+        raise RuntimeError(f"{name}: the tests fail without any mutant; fix them first:\n{output}")
     timeout = baseline * 3 + 10
     print(f"== {name}: {module}, {len(points)} mutants, tests {baseline:.1f} s", flush=True)
     mutants = []
@@ -348,7 +348,7 @@ def run_target(name: str, tree: Path, only: set[int] | None, verbose: bool) -> l
             mutant = Mutant(number, line, description)
             mutant.source = original.splitlines()[line - 1].strip() if line else ""
             path.write_text(mutate(original, index, variant))
-            mutant.outcome, mutant.seconds = run_tests(tree, stages, timeout)
+            mutant.outcome, mutant.seconds, _output = run_tests(tree, stages, timeout)
             mutants.append(mutant)
             if verbose or mutant.outcome == "survived":
                 print(

@@ -178,7 +178,17 @@ def test_cli_unknown_command_or_flag(capsys, argv):
 def test_cli_bake_rejects_bad_var(capsys):
     assert (
         cli.main(
-            ["bake", "--target", "ami", "--flavor", "gpu", "--os", "al2023", "--var", "novalue"]
+            [
+                "bake",
+                "--target",
+                "ami",
+                "--flavor",
+                "gpu",
+                "--os",
+                "ubuntu22.04",
+                "--var",
+                "novalue",
+            ]
         )
         == 2
     )
