@@ -154,7 +154,7 @@ def test_parse_metrics_keeps_steps_and_summary_only():
 
 @pytest.mark.parametrize(
     ("gres", "gpus"),
-    [("(null)", 0), ("gpu:8", 8), ("gpu:h100:8(S:0-1)", 8), ("gpu:a10g:2,gpu:t4:1", 3)],
+    [("(null)", 0), ("gpu", 0), ("gpu:8", 8), ("gpu:h100:8(S:0-1)", 8), ("gpu:a10g:2,gpu:t4:1", 3)],
 )
 def test_parse_gres_gpus(gres, gpus):
     assert workload_run.parse_gres_gpus(gres) == gpus
@@ -243,6 +243,7 @@ class FakeController:
         self.squeue = list(squeue)
         self.sacct, self.output, self.sinfo = sacct, output, sinfo
         self.bundles: set[str] = set()
+        self.sleeps: list[float] = []
         self.pyxis = True
         self.upload_rc = 0
         self.sbatch = (0, f"{JOB_ID};hetero\n", "")
@@ -285,7 +286,7 @@ def controller(monkeypatch, tmp_path):
     monkeypatch.setattr(
         workload_run,
         "time",
-        SimpleNamespace(time=lambda: NOW, monotonic=time.monotonic, sleep=lambda _s: None),
+        SimpleNamespace(time=lambda: NOW, monotonic=time.monotonic, sleep=fake.sleeps.append),
     )
     fake.inventory = tmp_path / "hosts.yml"
     fake.inventory.write_text("all: {}\n")
@@ -301,9 +302,13 @@ def run(controller, case="ddp", **kwargs):
 def test_a_completed_job_exits_zero_with_its_report(controller, tmp_path):
     controller.sacct = "COMPLETED\n"
     controller.output = f"starting\n{STEP}\n{SUMMARY}\n"
-    report = tmp_path / "out" / "metrics.json"
+    report = tmp_path / "out" / "run" / "metrics.json"
     code, text = run(controller, report=report)
     assert code == EXIT_OK
+    # the live status line is gone once the job has ended; two polls waited 2 s each
+    assert "elapsed" not in text
+    assert controller.sleeps == [2, 2]
+    assert report.read_text().startswith('{\n  "case": "ddp",\n')
     assert f"submitted ddp as job {JOB_ID} on 2 node(s), 0 GPU(s) each" in text
     assert "ended" not in text
     script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
@@ -406,11 +411,50 @@ def test_gpus_per_node_come_from_the_partitions_gres(controller):
     assert script.splitlines()[-1] == "  -m mlcluster_workloads.ddp --steps 200"
 
 
-def test_a_gpu_case_on_a_cpu_partition_is_bad_input(controller):
-    with pytest.raises(MlclusterError, match="nccl_tests needs GPUs") as exc:
-        run(controller, case="nccl_tests")
+@pytest.mark.parametrize(
+    ("partition", "where"), [(None, "the default partition"), ("batch", "batch")]
+)
+def test_a_gpu_case_on_a_cpu_partition_is_bad_input(controller, partition, where):
+    with pytest.raises(MlclusterError) as exc:
+        run(controller, case="nccl_tests", partition=partition)
+    assert str(exc.value) == (
+        f"nccl_tests needs GPUs and {where} has none (Slurm GRES); on CPU nodes run "
+        "`mlcluster run allreduce`"
+    )
     assert exc.value.exit_code == 2
     assert not any("sbatch" in c for c in controller.commands)
+
+
+def test_one_node_is_enough_and_a_report_may_go_to_an_existing_dir(controller, tmp_path):
+    controller.sacct = "FAILED\n"
+    report = tmp_path / "failed.json"
+    code, _text = run(controller, nodes=1, report=report)
+    assert code == EXIT_FAILED
+    script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
+    assert "#SBATCH --nodes=1" in script.splitlines()
+    written = json.loads(report.read_text())
+    assert (written["state"], written["nodes"], written["summary"]) == ("FAILED", 1, None)
+
+
+def test_summary_table_without_a_summary_says_unknown():
+    console = Console(width=120, record=True)
+    console.print(workload_run.summary_table("ddp", "7", "FAILED", [], None))
+    values = [
+        line.strip("│ ").split("│")[1].strip()
+        for line in console.export_text().splitlines()
+        if line.startswith("│")
+    ]
+    assert values == [
+        "unknown",
+        "0",
+        "unknown",
+        "unknown",
+        "unknown",
+        "n/a (not a token model)",
+        "unknown",
+        "unknown (no peak for this device)",
+        "unknown",
+    ]
 
 
 def test_nodes_below_one_is_bad_input(controller):
@@ -521,7 +565,6 @@ def test_allreduce_summary_table():
         },
         {
             "event": "allreduce",
-            "world_size": 4,
             "size_bytes": 1048576,
             "time_us": 1500.25,
             "busbw_gbps": 1.048,
@@ -593,7 +636,9 @@ def test_controller_target_with_a_port_and_defaults(tmp_path):
 
 
 def test_an_unreadable_inventory_is_an_error(tmp_path, monkeypatch):
-    def failing(argv, **_kwargs):
+    def failing(argv, **kwargs):
+        # a failing ansible-inventory must come back as a result, read as text, not raise
+        assert kwargs == {"capture_output": True, "text": True, "check": False}
         return subprocess.CompletedProcess(argv, 1, "", "ERROR! Unable to parse hosts.yml\n")
 
     monkeypatch.setattr(workload_run.subprocess, "run", failing)
