@@ -414,7 +414,7 @@ def test_oci_conf_only_where_every_compute_node_has_runc(heterogeneous, cpu_only
     ]
     # compute2 has no runc: no OCI containers anywhere in that cluster
     assert sorted(cpu_only) == ["cgroup.conf", "gres.conf", "plugstack.conf", "slurm.conf"]
-    runc = "runc --rootless=true --root=/run/mlcluster-oci/%U"
+    runc = "runc --rootless=true --root=/run/mlcluster-oci/%u"
     assert heterogeneous["oci.conf"][-4:] == [
         f'RunTimeQuery="{runc} state %n.%u.%j.%s.%t"',
         f'RunTimeKill="{runc} kill -a %n.%u.%j.%s.%t"',
