@@ -25,6 +25,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -328,7 +329,9 @@ def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tup
     return "survived", time.monotonic() - started, ""
 
 
-def run_target(name: str, tree: Path, only: set[int] | None, verbose: bool) -> list[Mutant]:
+def run_target(
+    name: str, tree: Path, only: set[int] | None, verbose: bool, every: int = 1
+) -> list[Mutant]:
     module, stages = TARGETS[name]
     path = tree / module
     original = (ROOT / module).read_text()
@@ -343,7 +346,7 @@ def run_target(name: str, tree: Path, only: set[int] | None, verbose: bool) -> l
     mutants = []
     try:
         for number, (index, variant, line, description) in enumerate(points, 1):
-            if only and number not in only:
+            if (only and number not in only) or (number - 1) % every:
                 continue
             mutant = Mutant(number, line, description)
             mutant.source = original.splitlines()[line - 1].strip() if line else ""
@@ -384,11 +387,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':20} pytest {' '.join(stage)}")
         return 0
     only = {int(n) for n in args.only.split(",")} if args.only else None
+    # Stopped with SIGTERM: unwind, so the private copy is removed.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     results: dict[str, list[Mutant]] = {}
     with tempfile.TemporaryDirectory(prefix="mlcluster-mutate-") as workdir:
         tree = make_copy(Path(workdir))
         for name in names:
-            results[name] = run_target(name, tree, only, args.verbose)
+            results[name] = run_target(name, tree, only, args.verbose, args.every)
     print("\nmodule          killed  survived  score")
     failed = False
     for name, mutants in results.items():
