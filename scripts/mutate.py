@@ -371,6 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write the results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every mutant")
     parser.add_argument("--strings", action="store_true", help="also mutate short string constants")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a sample: only mutants 1, 1+N, 1+2N, ... (for the slow workloads targets)",
+    )
     args = parser.parse_args(argv)
     global STRINGS
     STRINGS = args.strings
