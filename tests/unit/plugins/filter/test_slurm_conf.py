@@ -201,7 +201,11 @@ def test_filters_are_registered():
 
 @pytest.mark.parametrize(
     ("missing", "vcpus", "sockets", "cores", "threads"),
-    [("processor_count", 8, 0, 4, 2), ("processor_cores", 2, 2, 0, 1)],
+    [
+        ("processor_count", 8, 0, 4, 2),
+        ("processor_cores", 2, 2, 0, 1),
+        ("processor_threads_per_core", 8, 2, 4, 0),
+    ],
 )
 def test_node_with_a_missing_topology_fact_gives_only_cpus(missing, vcpus, sockets, cores, threads):
     host = _host("c1", vcpus=vcpus, sockets=sockets, cores=cores, threads=threads)
