@@ -47,7 +47,13 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
     "versions": (f"{FILTERS}/versions.py", [["tests/unit/plugins/filter/test_versions.py"]]),
     "preflight": (
         f"{FILTERS}/preflight.py",
-        [["tests/unit/test_preflight.py", "-k", "unknown_role_vars or prefix"]],
+        [
+            [
+                "tests/unit/test_preflight.py",
+                "-k",
+                "unknown_role_vars or prefix or suggestions or registered",
+            ]
+        ],
     ),
     "runner": (
         "src/mlcluster/runner.py",
