@@ -129,7 +129,22 @@ def test_preflight_reports_what_packer_validate_says(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
-def test_preflight_passes_offline_with_the_real_packer():
-    """`mlcluster bake --target ami --flavor gpu --os ubuntu22.04 --validate-only`: no network,
-    no AWS credentials, and no null pin left for the flavour."""
-    assert "preflight passed" in bakeami.preflight("gpu", "ubuntu22.04", {})
+@pytest.mark.parametrize(
+    ("flavor", "os_name"),
+    [(f, o) for f, p in bakeami.platform_matrix().items() if p["target"] == "ami" for o in p["os"]],
+)
+def test_preflight_passes_offline_with_the_real_packer(flavor, os_name):
+    """`mlcluster bake --target ami --flavor gpu --os ubuntu22.04 --validate-only` and every
+    other pair of the matrix: no network, no AWS credentials, no null pin left."""
+    assert "preflight passed" in bakeami.preflight(flavor, os_name, {})
+
+
+@pytest.mark.skipif(shutil.which("packer") is None, reason="packer is not installed")
+def test_cli_validate_only(capsys):
+    from mlcluster import cli
+
+    argv = ["bake", "--target", "ami", "--flavor", "gpu", "--os", "ubuntu22.04", "--validate-only"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith("preflight passed: the gpu flavour on ubuntu22.04")
+    assert cli.main([*argv[:6], "debian12", "--validate-only"]) != 0
+    assert "the gpu flavour is not built on 'debian12'" in capsys.readouterr().err

@@ -1,0 +1,117 @@
+"""One platform matrix (versions.yml `platforms` and `operating_systems`): the CLI's choices,
+src/mlcluster/bakeami.py, the AMI template and the bake preflight all read it, each through its
+own code path, and agree with it."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import hcl2
+import pytest
+import yaml
+
+from mlcluster import bakeami, cli
+from mlcluster.paths import project_root
+from mlcluster.runner import run_playbook
+
+from .plugins.loader import load_plugin
+
+rules = load_plugin("filter", "versions")
+ROOT = project_root()
+
+
+@pytest.fixture(scope="module")
+def versions() -> dict:
+    return yaml.safe_load((ROOT / "versions.yml").read_text())["mlcluster_versions"]
+
+
+def bake_choices() -> dict[str, list[str]]:
+    """The bake subcommand's --flavor and --os choices, from the real parser."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bake = sub.choices["bake"]
+    return {a.dest: list(a.choices) for a in bake._actions if a.dest in ("flavor", "os")}
+
+
+def test_every_flavour_has_a_platform(versions):
+    assert list(versions["platforms"]) == list(versions["flavors"])
+    for flavor, platform in versions["platforms"].items():
+        assert platform["target"] in ("ami", "local"), flavor
+        assert set(platform["os"]) <= set(versions["operating_systems"]), flavor
+
+
+def test_amazon_linux_is_not_offered(versions):
+    """common, munge and slurm are apt-only: no flavour is baked on Amazon Linux."""
+    assert not any("Amazon" in name for name in versions["operating_systems"].values())
+    assert "al2023" not in bake_choices()["os"]
+
+
+def test_bakeami_reads_the_matrix(versions):
+    assert bakeami.platform_matrix() == versions["platforms"]
+    assert bakeami.flavors("ami") == [
+        f for f, p in versions["platforms"].items() if p["target"] == "ami"
+    ]
+    assert bakeami.operating_systems("local") == ["debian12"]
+
+
+def test_cli_choices_are_the_matrix(versions):
+    choices = bake_choices()
+    assert choices["flavor"] == list(versions["platforms"])
+    assert set(choices["os"]) == {o for p in versions["platforms"].values() for o in p["os"]}
+
+
+def test_ami_template_has_a_base_image_for_each_ami_os_and_reads_the_matrix():
+    with (ROOT / "packer" / "ami" / "node.pkr.hcl").open() as handle:
+        template = hcl2.load(handle)
+    locals_ = {k: v for block in template["locals"] for k, v in block.items()}
+    assert "local.versions.platforms" in locals_["platform"]
+    base_keys = set(re.findall(r"'([a-z]+[\d.]+)': \{'name'", locals_["base"]))
+    assert base_keys == set(bakeami.operating_systems("ami"))
+    with (ROOT / "packer" / "ami" / "variables.pkr.hcl").open() as handle:
+        variables = {k: v for block in hcl2.load(handle)["variable"] for k, v in block.items()}
+    assert "validation" not in variables["flavor"] and "validation" not in variables["os"]
+
+
+def test_bake_preflight_checks_the_os_against_the_matrix(tmp_path, versions):
+    """playbooks/bake_preflight.yml on this machine, one inventory host per flavour: each host
+    fails or passes the OS check by versions.yml's matrix, and says which OSes it expected."""
+    flavors = list(versions["platforms"])
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                    },
+                    # The run_once checks (flavour known, version rules) run on the first host:
+                    # local, which this machine bakes.
+                    "hosts": {f"bake-{f}": {"mlcluster_image_flavor": f} for f in flavors},
+                }
+            }
+        )
+    )
+    result = run_playbook("playbooks/bake_preflight.yml", inventory)
+    failures = {
+        error.split(":", 1)[0]: error
+        for error in result.errors
+        if "Check the operating system suits the flavour" in error
+    }
+    assert len(failures) == len(result.errors), result.errors
+    # No OS is in every flavour's list: some host fails, whatever this machine runs.
+    assert failures, result.errors
+    node_os = {
+        re.search(r"this node runs ([^.]+)\.", message).group(1) for message in failures.values()
+    }
+    assert len(node_os) <= 1
+    for flavor in flavors:
+        expected = rules.flavor_platforms(versions, flavor)
+        message = failures.get(f"bake-{flavor}")
+        if message:
+            assert f"The {flavor} flavour is built on {', '.join(expected)} (" in message
+            assert not node_os & set(expected)
+        else:
+            assert node_os <= set(expected)
+    assert len(failures) < len(flavors), "this machine bakes some flavour (Debian 12: local)"
