@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +47,8 @@ class PlaybookRun:
     stats: dict
     changed_tasks: list[str] = field(default_factory=list)
     stdout: str = ""
+    # What the play recorded with set_stats (per_host: false), from the final stats event.
+    custom_stats: dict = field(default_factory=dict)
 
     def changed(self, host: str | None = None) -> int:
         counts = self.stats.get("changed") or {}
@@ -56,15 +62,19 @@ def run_playbook(
     *,
     check: bool = False,
     extravars: dict | None = None,
+    skip_tags: str = "",
 ) -> PlaybookRun:
     """Run ``playbook`` through ansible-runner (own private data dir, the project's ansible.cfg)
     and return its stats and the names of the tasks that reported a change."""
     import ansible_runner
 
     changed_tasks: list[str] = []
+    custom_stats: dict = {}
 
     def on_event(event: dict) -> bool:
         data = event.get("event_data") or {}
+        if event.get("event") == "playbook_on_stats":
+            custom_stats.update(data.get("artifact_data") or {})
         if event.get("event") == "runner_on_ok" and (data.get("res") or {}).get("changed"):
             changed_tasks.append(f"{data.get('host')}: {data.get('task')}")
         return True
@@ -76,7 +86,10 @@ def run_playbook(
         playbook=str(playbook),
         inventory=str(inventory),
         extravars=extravars or {},
-        cmdline="--check" if check else None,
+        cmdline=" ".join(
+            (["--check"] if check else []) + ([f"--skip-tags={skip_tags}"] if skip_tags else [])
+        )
+        or None,
         envvars={
             "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -85,4 +98,62 @@ def run_playbook(
         quiet=True,
     )
     stdout = result.stdout.read() if result.stdout else ""
-    return PlaybookRun(result.status, result.rc, result.stats or {}, changed_tasks, stdout)
+    return PlaybookRun(
+        result.status, result.rc, result.stats or {}, changed_tasks, stdout, custom_stats
+    )
+
+
+def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def heal_exec(name: str) -> None:
+    """Recreate the node's cgroup directory when something on the host removed it.
+
+    On cgroup v1 hybrid hosts, tools that clean up stale cgroups may delete podman's
+    libpod-<id> directory under the name=systemd hierarchy; `podman exec` then fails with
+    "cgroup.procs: no such file or directory" while the node itself keeps running.
+    """
+    proc = podman("exec", name, "true", check=False)
+    match = re.search(r"openat2 (/sys/fs/cgroup/[\w./-]+)/cgroup\.procs: no such file", proc.stderr)
+    if proc.returncode != 0 and match:
+        Path(match.group(1)).mkdir(parents=True, exist_ok=True)
+        podman("exec", name, "true")
+    elif proc.returncode != 0:
+        raise AssertionError(f"podman exec {name} failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def systemd_node(image: str, name: str, hostname: str):
+    """A throwaway node as the local cluster starts them (privileged, systemd as PID 1, private
+    cgroup namespace), running until systemd is up; removed afterwards."""
+    podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        hostname,
+        "--systemd=always",
+        "--privileged",
+        "--cgroupns=private",
+        "--tmpfs",
+        "/tmp:rw,exec",
+        image,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while podman(
+            "exec", name, "systemctl", "is-system-running", check=False
+        ).stdout.strip() not in {"running", "degraded"}:
+            assert time.monotonic() < deadline, "systemd in the node did not come up within 120 s"
+            heal_exec(name)
+            time.sleep(1)
+        yield name
+    finally:
+        podman("rm", "-f", "-t", "5", name, check=False)

@@ -7,6 +7,7 @@ behind these devices exists.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 # An 8-GPU NVSwitch system with one EFA adapter (the shape of a p4d/p5 node, scaled down).
@@ -25,7 +26,8 @@ def add_pci_device(sysfs: Path, address: str, ids: tuple[str, str, str], driver:
     if driver:
         target = sysfs / "bus" / "pci" / "drivers" / driver
         target.mkdir(parents=True, exist_ok=True)
-        (device / "driver").symlink_to(target)
+        # Relative, as in sysfs, so that the tree can be copied into a node.
+        (device / "driver").symlink_to(os.path.relpath(target, device))
 
 
 def add_nvme(sysfs: Path, name: str, model: str, sectors: int) -> None:

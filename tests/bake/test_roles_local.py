@@ -18,13 +18,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_playbook
+from .conftest import ROOT, heal_exec, podman, run_playbook, systemd_node
 
 pytestmark = pytest.mark.integration
 
@@ -39,31 +37,6 @@ IMAGE = os.environ.get("MLCLUSTER_BAKE_TEST_IMAGE", "")
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["podman", *args], capture_output=True, text=True, check=False, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)}: {proc.stderr.strip()}")
-    return proc
-
-
-def heal_exec(name: str) -> None:
-    """Recreate the node's cgroup directory when something on the host removed it.
-
-    On cgroup v1 hybrid hosts, tools that clean up stale cgroups may delete podman's
-    libpod-<id> directory under the name=systemd hierarchy; `podman exec` then fails with
-    "cgroup.procs: no such file or directory" while the node itself keeps running.
-    """
-    proc = podman("exec", name, "true", check=False)
-    match = re.search(r"openat2 (/sys/fs/cgroup/[\w./-]+)/cgroup\.procs: no such file", proc.stderr)
-    if proc.returncode != 0 and match:
-        Path(match.group(1)).mkdir(parents=True, exist_ok=True)
-        podman("exec", name, "true")
-    elif proc.returncode != 0:
-        raise AssertionError(f"podman exec {name} failed: {proc.stderr.strip()}")
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     if shutil.which("podman") is None:
@@ -74,28 +47,7 @@ def node(tmp_path_factory):
     if podman("image", "exists", image, check=False).returncode != 0:
         pytest.fail(f"node image {image} is missing (MLCLUSTER_BAKE_TEST_IMAGE)")
     name = f"bake-test-{os.getpid()}"
-    podman(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--hostname",
-        "bake-test",
-        "--systemd=always",
-        "--privileged",
-        "--cgroupns=private",
-        "--tmpfs",
-        "/tmp:rw,exec",
-        image,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while podman(
-            "exec", name, "systemctl", "is-system-running", check=False
-        ).stdout.strip() not in {"running", "degraded"}:
-            assert time.monotonic() < deadline, "systemd in the node did not come up within 120 s"
-            heal_exec(name)
-            time.sleep(1)
+    with systemd_node(image, name, "bake-test"):
         # Ansible's apt module needs python3-apt for check mode (cloud images ship it; the
         # minimal test image does not).
         podman("exec", name, "sh", "-c", "apt-get update -qq && apt-get install -y -qq python3-apt")
@@ -108,8 +60,6 @@ def node(tmp_path_factory):
             "ansible_python_interpreter=/usr/bin/python3 mlcluster_image_flavor=local\n"
         )
         yield name, inventory
-    finally:
-        podman("rm", "-f", "-t", "5", name, check=False)
 
 
 def run_on(node, playbook: Path, tmp_path: Path, **kwargs):
