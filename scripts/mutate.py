@@ -70,7 +70,10 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
     ),
     "workload_run": ("src/mlcluster/workload_run.py", [["tests/unit/test_workload_run.py"]]),
     # The workloads' tests import torch and start processes: slowest, so last.
-    "metrics": (f"{WORKLOADS}/metrics.py", [["tests/workloads/test_metrics.py"]]),
+    "metrics": (
+        f"{WORKLOADS}/metrics.py",
+        [["tests/unit/test_workloads_metrics.py"], ["tests/workloads/test_metrics.py"]],
+    ),
     "data": (
         f"{WORKLOADS}/data.py",
         [["tests/unit/test_workloads_data.py"], ["tests/workloads/test_data.py"]],
