@@ -78,7 +78,10 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
         f"{WORKLOADS}/data.py",
         [["tests/unit/test_workloads_data.py"], ["tests/workloads/test_data.py"]],
     ),
-    "allreduce": (f"{WORKLOADS}/allreduce.py", [["tests/workloads/test_allreduce.py"]]),
+    "allreduce": (
+        f"{WORKLOADS}/allreduce.py",
+        [["tests/unit/test_workloads_allreduce.py"], ["tests/workloads/test_allreduce.py"]],
+    ),
 }
 
 BINOPS = {
