@@ -49,6 +49,7 @@ def cmd_local(args) -> int:
             subnet=args.subnet,
             base_image=args.base_image,
             say=_say,
+            platform=args.platform,
         )
     elif args.local_command == "down":
         local.down(name=args.name, say=_say)
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", help="private network (default 10.213.0.0/24)")
     up.add_argument(
         "--base-image", help="podman image to bake from (default: debootstrapped Debian 12)"
+    )
+    up.add_argument(
+        "--platform",
+        choices=["mlcluster", "hyperpod"],
+        default="mlcluster",
+        help="hyperpod: nodes laid out as SageMaker HyperPod's (Slurm under /opt/slurm, "
+        "resource_config.json), configured by the lifecycle script alone, controller first",
     )
     bundle = local_sub.add_parser(
         "bundle",

@@ -48,6 +48,8 @@ class ClusterState:
     volume: str
     image: str
     nodes: list[Node] = field(default_factory=list)
+    # "mlcluster", or "hyperpod": nodes laid out and configured as HyperPod does it.
+    platform: str = "mlcluster"
 
     @classmethod
     def load(cls, path: Path) -> ClusterState:
@@ -78,7 +80,12 @@ def default_subnet(name: str) -> str:
     return f"10.213.{zlib.crc32(name.encode()) % 200 + 20}.0/24"
 
 
-def plan_nodes(name: str, subnet: str, computes: int, login: bool) -> list[Node]:
+PLATFORMS = ("mlcluster", "hyperpod")
+
+
+def plan_nodes(
+    name: str, subnet: str, computes: int, login: bool, platform: str = "mlcluster"
+) -> list[Node]:
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < 256:
         raise MlclusterError(f"subnet {subnet} is too small: use a /24 or larger")
@@ -92,6 +99,10 @@ def plan_nodes(name: str, subnet: str, computes: int, login: bool) -> list[Node]
         Node(f"compute{i}", "slurm_compute", str(base + 20 + i), f"{name}-compute{i}")
         for i in range(1, computes + 1)
     ]
+    if platform == "hyperpod":
+        # HyperPod names each node after its address (ip-10-1-2-3), also in Slurm.
+        for node in nodes:
+            node.hostname = "ip-" + node.ip.replace(".", "-")
     return nodes
 
 
@@ -149,7 +160,12 @@ def _ssh_key(name: str) -> Path:
 
 
 def _start_node(
-    state: ClusterState, node: Node, all_nodes: list[Node], privileged: bool, pubkey: str
+    state: ClusterState,
+    node: Node,
+    all_nodes: list[Node],
+    privileged: bool,
+    pubkey: str,
+    extra_args: list[str] = (),
 ) -> None:
     args = [
         "create",
@@ -181,6 +197,7 @@ def _start_node(
         args.append("--privileged")
     for other in all_nodes:
         args += ["--add-host", f"{other.hostname}:{other.ip}"]
+    args += extra_args
     args.append(state.image)
     podman.run(args)
     # A machine id of its own before systemd first starts (the image's is empty): systemd would
@@ -302,12 +319,27 @@ def up(
     base_image: str | None = None,
     privileged: bool = True,
     say=print,
+    platform: str = "mlcluster",
 ) -> ClusterState:
     podman.valid_name(name)
+    if platform not in PLATFORMS:
+        raise MlclusterError(f"--platform must be one of {', '.join(PLATFORMS)}, not {platform}")
     podman.require_podman()
     podman.ensure_host_setup(say)
     state_file = cluster_dir(name) / "state.json"
     previous = ClusterState.load(state_file) if state_file.exists() else None
+    if previous and previous.platform != platform:
+        raise MlclusterError(
+            f"cluster {name} runs as platform {previous.platform}; `mlcluster local down "
+            f"--name {name}` first to bring it up as {platform}"
+        )
+    if platform == "hyperpod" and login:
+        raise MlclusterError("--platform hyperpod simulates a controller and workers; no --login")
+    if previous and platform == "hyperpod":
+        raise MlclusterError(
+            f"cluster {name} is a simulated HyperPod cluster, made whole by its lifecycle: "
+            f"`mlcluster local down --name {name}` and up again to change it"
+        )
     if previous and subnet and subnet != previous.subnet:
         raise MlclusterError(
             f"cluster {name} already runs on {previous.subnet}; `mlcluster local down` first "
@@ -318,8 +350,13 @@ def up(
         # Growing or restarting a running cluster keeps its nodes and login choice.
         login = login or any(n.group == "slurm_login" for n in previous.nodes)
         computes = max(computes, sum(n.group == "slurm_compute" for n in previous.nodes))
-    nodes = plan_nodes(name, subnet, computes, login)
+    nodes = plan_nodes(name, subnet, computes, login, platform)
     image = images.ensure_node_image(base_image=base_image, say=say)
+    extra_args = []
+    if platform == "hyperpod":
+        from . import local_hyperpod
+
+        extra_args = local_hyperpod.ansible_mounts()
     state = ClusterState(
         name=name,
         subnet=subnet,
@@ -327,6 +364,7 @@ def up(
         volume=f"{name}-fsx",
         image=image,
         nodes=nodes,
+        platform=platform,
     )
     cluster_dir(name).mkdir(parents=True, exist_ok=True)
     # Record what is about to exist before creating it, so `down` can always clean up.
@@ -355,10 +393,13 @@ def up(
             if not running:
                 _start_container(node.container)
             continue
-        _start_node(state, node, nodes, privileged, pubkey)
+        _start_node(state, node, nodes, privileged, pubkey, extra_args)
         started.append(node.hostname)
     wait_for_ssh(name, nodes)
     inv = write_inventory(state)
+    if platform == "hyperpod":
+        local_hyperpod.prepare(state, say)
+        local_hyperpod.run_lifecycle(state, say)
     say(
         f"cluster {name}: {len(nodes)} nodes up ({', '.join(started) or 'none new'} started); "
         f"inventory {inv}"
