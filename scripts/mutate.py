@@ -63,7 +63,7 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
                 "tests/unit/test_runner.py",
                 "-k",
                 "handler or summary or exit_codes or cli or message or inventory or loop "
-                "or rounds or any_file or missing_playbook",
+                "or rounds or any_file or missing_playbook or new_directories",
             ],
             ["tests/unit/test_runner.py"],
         ],

@@ -400,3 +400,17 @@ def test_an_inventory_dir_needs_an_inventory_file_not_just_any_file(tmp_path):
 def test_a_missing_playbook_is_a_clear_error():
     with pytest.raises(MlclusterError, match=r"^playbook playbooks/nope\.yml not found in "):
         run_playbook("playbooks/nope.yml", LOCAL_HOSTS)
+
+
+def test_a_report_goes_into_new_directories(tmp_path):
+    report = tmp_path / "reports" / "today" / "deploy.json"
+    _result(a={"ok": 1}).write_report(report)
+    assert json.loads(report.read_text())["hosts"]["a"]["ok"] == 1
+    assert [p.name for p in report.parent.iterdir()] == ["deploy.json"]
+
+
+def test_the_first_run_creates_the_runs_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_STATE", str(tmp_path / "state"))
+    result = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
+    assert result.exit_code == EXIT_OK
+    assert Path(result.artifact_dir).is_relative_to(tmp_path / "state" / "runs")
