@@ -414,3 +414,16 @@ def test_the_first_run_creates_the_runs_directory(tmp_path, monkeypatch):
     result = run_playbook(playbook("ok.yml"), LOCAL_HOSTS)
     assert result.exit_code == EXIT_OK
     assert Path(result.artifact_dir).is_relative_to(tmp_path / "state" / "runs")
+
+
+def test_summary_counts_zero_for_a_host_missing_from_a_stat():
+    state = RunState()
+    state.handle(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {"processed": {"a": 1}, "ok": {}, "changed": {}, "skipped": {}},
+        }
+    )
+    assert state.summary() == {
+        "a": {"ok": 0, "changed": 0, "failures": 0, "unreachable": 0, "skipped": 0}
+    }
