@@ -74,6 +74,10 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
             result.hosts, title=f"{result.playbook}: {result.status}, {result.elapsed_s:.0f} s"
         )
     )
+    accelerators = result.custom_stats.get("accelerators") or {}
+    for host, roles in sorted(accelerators.items()):
+        for role, status in roles.items():
+            console.print(f"{host} {role}: {status}", highlight=False, markup=False)
     for error in result.errors:
         console.print(f"[red]error[/red] {error}", highlight=False)
     console.print(f"artifacts: {result.artifact_dir}", highlight=False)

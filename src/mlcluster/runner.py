@@ -35,6 +35,8 @@ class RunState:
     )
     errors: list[str] = field(default_factory=list)
     stats: dict | None = None
+    # The plays' set_stats data (e.g. the configure layer's decisions under "accelerators").
+    custom_stats: dict = field(default_factory=dict)
 
     @property
     def elapsed(self) -> float:
@@ -71,6 +73,7 @@ class RunState:
                 k: data.get(k) or {}
                 for k in ("ok", "changed", "failures", "dark", "skipped", "processed")
             }
+            self.custom_stats = dict(data.get("artifact_data") or {})
         return True
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -118,6 +121,7 @@ class RunResult:
     artifact_dir: str
     playbook: str
     inventory: str
+    custom_stats: dict = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -142,6 +146,7 @@ class RunResult:
             "artifact_dir": self.artifact_dir,
             "hosts": self.hosts,
             "errors": self.errors,
+            "stats": self.custom_stats,
         }
 
     def write_report(self, path: Path) -> None:
@@ -249,6 +254,7 @@ def run_playbook(
         artifact_dir=str(Path(runner.config.artifact_dir)),
         playbook=playbook,
         inventory=str(inv),
+        custom_stats=state.custom_stats,
     )
 
 

@@ -55,6 +55,36 @@ def test_first_deploy_succeeds(deploys):
     assert all(h["failures"] == 0 and h["unreachable"] == 0 for h in first["hosts"].values())
 
 
+def test_configure_layer_decides_every_accelerator_role_per_node(deploys):
+    """site.yml's configure layer, read from the deploy report: on these CPU nodes of the local
+    flavour every accelerator role is not applicable, with the reason; tuning is configured."""
+    not_in_image = "not applicable: not in the image (flavour local)"
+    for report in deploys:
+        decisions = report["stats"]["accelerators"]
+        assert sorted(decisions) == ["compute1", "compute2", "controller"]
+        for host, statuses in decisions.items():
+            assert statuses.pop("efa").startswith("not applicable: no EFA device on the PCI bus; ")
+            assert statuses == {
+                "tuning": "configured",
+                **dict.fromkeys(
+                    [
+                        "nvidia_driver",
+                        "fabricmanager",
+                        "cuda_toolkit",
+                        "nccl",
+                        "aws_ofi_nccl",
+                        "gdrcopy",
+                        "dcgm",
+                        "neuron",
+                        "container_runtime",
+                        "enroot_pyxis",
+                        "lustre_client",
+                    ],
+                    not_in_image,
+                ),
+            }, host
+
+
 def test_second_deploy_changes_nothing(deploys):
     second = deploys[1]
     assert second["status"] == "successful"

@@ -365,7 +365,34 @@ def test_report_rounds_the_elapsed_time():
         "artifact_dir": "/tmp/a",
         "hosts": {"a": {"ok": 1, "changed": 0, "failures": 0, "unreachable": 0, "skipped": 0}},
         "errors": [],
+        "stats": {},
     }
+
+
+def test_the_plays_set_stats_reach_the_report_and_the_summary():
+    from rich.console import Console
+
+    from mlcluster.display import print_summary
+    from mlcluster.runner import RunState
+
+    state = RunState()
+    decisions = {"c1": {"nvidia_driver": "not applicable: no NVIDIA GPU on the PCI bus"}}
+    state.handle(
+        {
+            "event": "playbook_on_stats",
+            "event_data": {
+                "ok": {"c1": 3},
+                "processed": {"c1": 1},
+                "artifact_data": {"accelerators": decisions},
+            },
+        }
+    )
+    result = _result(c1={"ok": 3})
+    result.custom_stats = state.custom_stats
+    assert result.report()["stats"] == {"accelerators": decisions}
+    console = Console(width=200, record=True)
+    print_summary(result, console)
+    assert "c1 nvidia_driver: not applicable: no NVIDIA GPU on the PCI bus" in console.export_text()
 
 
 def test_the_local_inventory_says_how_to_start_the_cluster(tmp_path, monkeypatch):
