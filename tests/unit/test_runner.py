@@ -454,3 +454,10 @@ def test_summary_counts_zero_for_a_host_missing_from_a_stat():
     assert state.summary() == {
         "a": {"ok": 0, "changed": 0, "failures": 0, "unreachable": 0, "skipped": 0}
     }
+
+
+def test_only_skipped_events_count_as_skipped():
+    state = RunState()
+    state.handle({"event": "runner_on_start", "event_data": {"host": "a", "task": "T"}})
+    state.handle({"event": "runner_on_skipped", "event_data": {}})
+    assert state.summary() == {}
