@@ -57,7 +57,8 @@ PLATFORM_SETUP = r"""
 set -eu
 install -d -m 0755 /opt/slurm/bin /opt/slurm/sbin /opt/slurm/etc /opt/ml/config
 # The daemons are Debian alternatives links, which dpkg -L does not list.
-for tool in $(dpkg -L slurm-client | grep -E '^/usr/bin/s[a-z]+$') /usr/sbin/slurmd /usr/sbin/slurmctld; do
+for tool in $(dpkg -L slurm-client | grep -E '^/usr/bin/s[a-z]+$') \
+        /usr/sbin/slurmd /usr/sbin/slurmctld; do
     dir=bin; case "$tool" in /usr/sbin/*) dir=sbin ;; esac
     {
         echo '#!/bin/sh'
