@@ -13,7 +13,7 @@ description:
     (C(playbooks/accelerators.yml)) decide from these facts only; the image manifest module uses
     the same code.
   - Whether the node is a container, with one definition (what C(systemd-detect-virt
-    --container) reads, in its order): the manager systemd records
+    --container) reads, in its order), that is the manager systemd records
     (C(/run/systemd/container), C(/run/host/container-manager)), PID 1's C(container=)
     variable, then C(/run/.containerenv) (podman) and C(/.dockerenv) (docker).
   - PCI devices by vendor, device and class under O(sysfs_root) C(/bus/pci/devices), NVIDIA GPUs
