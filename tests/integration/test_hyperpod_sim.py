@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,15 @@ def workers(state) -> list[local.Node]:
 
 def test_lifecycle_alone_makes_a_cluster_that_runs_multi_node_jobs(hp):
     state, up = hp
-    assert f"{local_hyperpod.ON_CREATE}" in up.stdout
+    # OnCreate ran on every node, the controller first (the CLI reports progress on stderr).
+    lines = up.stderr.splitlines()
+    ran = [line.split(":")[0] for line in lines if local_hyperpod.ON_CREATE in line]
+    assert ran == [n.container for n in (controller(state), *workers(state))]
     head = controller(state).container
     out = sh(head, "/opt/slurm/bin/srun -N2 --time=2 hostname", timeout=180).stdout
     assert sorted(out.split()) == sorted(n.hostname for n in workers(state))
     sinfo = sh(head, "/opt/slurm/bin/sinfo --noheader --Node --format='%N %P %t'").stdout
-    assert sorted(sinfo.split("\n")[:-1]) == sorted(
+    assert sorted(" ".join(line.split()) for line in sinfo.splitlines()) == sorted(
         f"{n.hostname} dev* idle" for n in workers(state)
     )
 
@@ -112,9 +116,17 @@ def test_a_second_lifecycle_run_changes_nothing(hp):
     head = controller(state)
     files = [f"{etc}/slurm.conf", *(f"{etc}/{name}" for name in OWNED)]
     before = checksums(head.container, files)
-    for node in (head, workers(state)[0]):
-        env = " ".join(f"{k}={v}" for k, v in local_hyperpod.LIFECYCLE_ENV.items())
-        run = sh(node.container, f"{env} bash {local_hyperpod.ON_CREATE}", timeout=1200)
+    env = " ".join(f"{k}={v}" for k, v in local_hyperpod.LIFECYCLE_ENV.items())
+    nodes = (head, workers(state)[0])
+    # HyperPod runs OnCreate again on a replaced node; the nodes' runs are independent.
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        runs = list(
+            pool.map(
+                lambda n: sh(n.container, f"{env} bash {local_hyperpod.ON_CREATE}", timeout=1200),
+                nodes,
+            )
+        )
+    for node, run in zip(nodes, runs, strict=True):
         recap = re.findall(rf"{re.escape(node.hostname)}\s*: ok=\d+\s+changed=(\d+)", run.stdout)
         assert recap and recap[-1] == "0", run.stdout[-4000:]
     assert checksums(head.container, files) == before
