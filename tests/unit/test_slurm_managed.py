@@ -276,3 +276,60 @@ def test_simulated_agent_slurm_conf_names_every_worker_in_its_partition():
         ("ip-10-213-77-22", "10.213.77.22"),
     ]
     assert "PartitionName=dev Nodes=ip-10-213-77-21,ip-10-213-77-22 Default=YES" in text
+
+
+# --- the Slurm preflight in managed mode --------------------------------------------------------
+
+
+def head_only_inventory(tmp_path: Path) -> Path:
+    """A ParallelCluster head node configured before any (dynamic) compute node exists."""
+    path = tmp_path / "head.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                    },
+                    "children": {
+                        "slurm_controller": {"hosts": {"head": {}}},
+                        "slurm_compute": {"hosts": {}},
+                    },
+                }
+            }
+        )
+    )
+    return path
+
+
+def test_preflight_accepts_a_managed_head_node_without_compute_nodes(tmp_path):
+    inventory = head_only_inventory(tmp_path)
+    ours = run_playbook("playbooks/slurm.yml", inventory, tags="preflight")
+    assert ours.exit_code != EXIT_OK
+    assert any("group slurm_compute has no hosts" in e for e in ours.errors), ours.errors
+    managed_run = run_playbook(
+        "playbooks/slurm.yml",
+        inventory,
+        tags="preflight",
+        extravars={"slurm_managed_by": "parallelcluster"},
+    )
+    assert managed_run.exit_code == EXIT_OK, managed_run.errors
+
+
+def test_preflight_rejects_a_relative_platform_slurm_conf(tmp_path):
+    result = run_playbook(
+        "playbooks/slurm.yml",
+        head_only_inventory(tmp_path),
+        tags="preflight",
+        extravars={"slurm_managed_by": "hyperpod", "slurm_managed_conf": "etc/slurm.conf"},
+    )
+    assert result.exit_code != EXIT_OK
+    assert any("must be an absolute path" in e for e in result.errors), result.errors
+
+
+def test_site_preflight_rejects_an_unknown_platform():
+    hosts = Path(__file__).resolve().parents[1] / "fixtures" / "slurm-preflight-hosts.yml"
+    result = run_playbook("playbooks/preflight.yml", hosts, extravars={"slurm_managed_by": "pcs"})
+    assert result.exit_code != EXIT_OK
+    assert any("slurm_managed_by" in e for e in result.errors), result.errors
