@@ -122,10 +122,11 @@ def render_script(
     container: str | None = None,
 ) -> str:
     """The batch script of a run. ``container``: an absolute path is an OCI bundle on the nodes
-    (Slurm's own ``srun --container``), anything else an image for pyxis/enroot."""
+    (Slurm's own ``srun --container``), unless it is a squashfs file; that and anything else is
+    an image for pyxis/enroot."""
     from mlcluster_workloads.launch import WorkloadSpec, render_sbatch
 
-    bundle = container if container and container.startswith("/") else None
+    bundle = container if container and is_oci_bundle(container) else None
     image = container if container and not bundle else None
     try:
         spec = WorkloadSpec(
@@ -192,9 +193,21 @@ def partition_gpus(target: Target, partition: str | None) -> int:
     return min(counts)
 
 
+SQUASHFS_SUFFIXES = (".sqsh", ".squashfs")
+
+
+def is_oci_bundle(container: str) -> bool:
+    """An absolute path that is not a squashfs image (which enroot imports itself)."""
+    return container.startswith("/") and not container.endswith(SQUASHFS_SUFFIXES)
+
+
 def check_container_support(target: Target, container: str) -> None:
     """pyxis for images, oci.conf for bundles: say what is missing before submitting."""
-    if container.startswith("/"):
+    if container.endswith(SQUASHFS_SUFFIXES) and container.startswith("/"):
+        proc = target.run(f"test -f {shlex.quote(container)}")
+        if proc.returncode != 0:
+            raise MlclusterError(f"no squashfs image {container} on {target.host}", EXIT_BAD_INPUT)
+    elif is_oci_bundle(container):
         proc = target.run(f"test -f {shlex.quote(container)}/config.json")
         if proc.returncode != 0:
             raise MlclusterError(

@@ -150,3 +150,19 @@ def test_failure_reason_is_the_first_line_that_says_why():
         "PermissionError: [Errno 13] /fsx/x"
     )
     assert workload_run.failure_reason("all fine\n") is None
+
+
+def test_a_squashfs_path_is_a_pyxis_image_not_a_bundle():
+    assert workload_run.is_oci_bundle("/fsx/containers/node")
+    assert not workload_run.is_oci_bundle("/fsx/containers/node.sqsh")
+    assert not workload_run.is_oci_bundle("nvcr.io#nvidia/pytorch:25.01")
+    script = workload_run.render_script("ddp", 2, [], "j", container="/fsx/containers/node.sqsh")
+    assert (
+        "srun --container-image=/fsx/containers/node.sqsh --container-mounts=/fsx:/fsx \\"
+        in script.splitlines()
+    )
+    target = FakeController("")
+    # The file is looked for, then pyxis (srun --help answers nothing here: not loaded).
+    with pytest.raises(MlclusterError, match="pyxis is not loaded by Slurm on controller"):
+        workload_run.check_container_support(target, "/fsx/containers/node.sqsh")
+    assert target.commands[0] == "test -f /fsx/containers/node.sqsh"
