@@ -112,8 +112,8 @@ def test_bake_preflight_refuses_a_gpu_image_on_debian(node, tmp_path):
     )
     assert run.status == "failed"
     assert (
-        "The gpu flavour is built on Ubuntu 22, Ubuntu 24, Amazon 2023; this node runs Debian 12."
-        in run.stdout
+        "The gpu flavour is built on Ubuntu 22, Ubuntu 24 (versions.yml, platforms); this node"
+        " runs Debian 12." in run.stdout
     )
 
 
