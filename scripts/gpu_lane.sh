@@ -3,7 +3,7 @@
 #   1. playbooks/gpu_lane.yml with --check: the roles' own GPU detection and read-only probes
 #      (nvidia_driver detect, cuda_toolkit and nccl configure probes, the gpu_gres and
 #      image_manifest modules); nothing is installed or changed;
-#   2. the GPU node checks, tests/node/test_gpu_node.py (testinfra, through mlcluster.validate):
+#   2. the GPU node checks, src/mlcluster/nodechecks/test_gpu_node.py (testinfra, through mlcluster.validate):
 #      GPU count, driver version, persistence mode, CUDA driver API, libnccl;
 # and writes the results (at most 6 files) to RESULTS, prints a summary, exits 1 if a check
 # failed. Ansible comes from .gpu-carry/site (scripts/gpu_lane_carry.sh) on PYTHONPATH where it

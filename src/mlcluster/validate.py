@@ -1,4 +1,4 @@
-"""`mlcluster validate`: run the node checks (tests/node, testinfra) against an inventory.
+"""`mlcluster validate`: run the node checks (mlcluster.nodechecks, testinfra) against an inventory.
 
 The checks run in this process through pytest with a plugin that collects each result; the
 summary is a table of nodes by checks, the report a JSON file
@@ -22,7 +22,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .paths import project_root, venv_bin
+from .paths import venv_bin
+
+# The checks ship inside the package, so an installed wheel can run them.
+NODE_CHECKS = Path(__file__).resolve().parent / "nodechecks"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -106,8 +109,8 @@ def run_checks(
     os.environ["PATH"] = f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"
     collector = _Collector()
     args = [
-        str(project_root() / "tests" / "node"),
-        f"--rootdir={project_root()}",
+        str(NODE_CHECKS),
+        f"--rootdir={NODE_CHECKS}",
         "--hosts=ansible://all",
         f"--ansible-inventory={inventory}",
         "-p",

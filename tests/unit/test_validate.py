@@ -26,7 +26,7 @@ def _report(nodeid, outcome, when="call", message=""):
 
 def test_collector_records_node_check_and_message():
     collector = validate._Collector()
-    base = "tests/node/test_slurm_node.py::"
+    base = "src/mlcluster/nodechecks/test_slurm_node.py::"
     collector.pytest_runtest_logreport(_report(base + "test_munge[ansible://compute1]", "passed"))
     collector.pytest_runtest_logreport(
         _report(

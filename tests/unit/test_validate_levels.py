@@ -31,10 +31,8 @@ def test_pingpong_table_of_both_tasks():
 def test_levels_offered_by_the_cli_are_the_node_checks_levels():
     import importlib.util
 
-    from mlcluster.paths import project_root
-
     spec = importlib.util.spec_from_file_location(
-        "node_conftest", project_root() / "tests" / "node" / "conftest.py"
+        "node_conftest", validate.NODE_CHECKS / "conftest.py"
     )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)

@@ -1,6 +1,6 @@
 """Node checks run with testinfra against any inventory:
 
-    pytest tests/node --hosts='ansible://all' --ansible-inventory=INVENTORY
+    pytest --pyargs mlcluster.nodechecks --hosts='ansible://all' --ansible-inventory=INVENTORY
 
 `mlcluster validate -i INVENTORY` runs them and summarises the results per node.
 """
