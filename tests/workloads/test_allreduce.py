@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import stat
 import sys
+import time
 
 import pytest
 from mlcluster_workloads import allreduce
@@ -119,13 +120,28 @@ SMALL_SWEEP += ["--iters", "3", "--warmup-iters", "1"]
 
 
 def test_torch_gloo_two_ranks():
-    records = json_lines(launch_ranks(*SMALL_SWEEP).stdout)
+    # factor 8 from 2 bytes: a size below one float32 still reduces one element (4 bytes)
+    args = ["-m", "mlcluster_workloads.allreduce", "--min-bytes", "2", "--max-bytes", "32K"]
+    args += ["--factor", "8", "--iters", "500", "--warmup-iters", "1"]
+    started = time.monotonic()
+    records = json_lines(launch_ranks(*args).stdout)
+    wall_s = time.monotonic() - started
     rows = [r for r in records if r["event"] == "allreduce"]
-    assert [r["size_bytes"] for r in rows] == [4096, 8192, 16384, 32768, 65536]
+    assert [(r["size_bytes"], r["count"]) for r in rows] == [
+        (4, 1),
+        (16, 4),
+        (128, 32),
+        (1024, 256),
+        (8192, 2048),
+    ]
     for row in rows:
         assert row["wrong"] == 0 and row["world_size"] == 2 and row["backend"] == "gloo"
-        assert row["count"] == row["size_bytes"] // 4
         assert row["busbw_gbps"] == pytest.approx(row["algbw_gbps"])  # 2(n-1)/n = 1 at n = 2
+        assert row["time_us"] > 0
+    # time_us is the time of one all-reduce: the 500 timed ones of every size fit in the
+    # processes' whole run (not a speed target: a bound that holds on any machine; a time
+    # summed over the iterations instead of averaged would be 500 times too long)
+    assert sum(500 * row["time_us"] * 1e-6 for row in rows) < wall_s
     summary = only(records, "allreduce_summary")
     assert (summary["sizes"], summary["wrong"], summary["source"]) == (5, 0, "torch")
 
@@ -138,13 +154,13 @@ def test_torch_gloo_two_ranks():
     ids=["4-ranks-rank-3-corrupt", "8-ranks"],
 )
 def test_busbw_and_the_wrong_count_at_more_ranks(world_size, ring_factor, corrupt, wrong):
-    # the last --max-bytes wins: 3 sizes, enough for the formula, cheap at 8 ranks
-    result = launch_ranks(
-        *SMALL_SWEEP, "--max-bytes", "16K", *corrupt, nproc=world_size, timeout=180
-    )
+    # the last flags win: 3 sizes, enough for the formula, cheap at 8 ranks; the first buffer
+    # holds one element, the one the corrupt rank spoils
+    sweep = ["--min-bytes", "4", "--max-bytes", "16K", "--factor", "64"]
+    result = launch_ranks(*SMALL_SWEEP, *sweep, *corrupt, nproc=world_size, timeout=180)
     records = json_lines(result.stdout)
     rows = [r for r in records if r["event"] == "allreduce"]
-    assert [r["size_bytes"] for r in rows] == [4096, 8192, 16384]
+    assert [(r["size_bytes"], r["count"]) for r in rows] == [(4, 1), (256, 64), (16384, 4096)]
     for row in rows:
         assert (row["world_size"], row["wrong"]) == (world_size, wrong)
         algbw = row["size_bytes"] / (row["time_us"] * 1e-6) / 1e9
