@@ -22,8 +22,10 @@ def _say(message: str) -> None:
 
 def cmd_deploy(args) -> int:
     from .display import ProgressDisplay, print_summary
+    from .inputs import check_report_path
     from .runner import run_playbook
 
+    report = check_report_path(args.report)
     result = run_playbook(
         "site.yml",
         args.inventory,
@@ -33,8 +35,8 @@ def cmd_deploy(args) -> int:
         display=ProgressDisplay(),
     )
     print_summary(result)
-    if args.report:
-        result.write_report(Path(args.report))
+    if report:
+        result.write_report(report)
     return result.exit_code
 
 
@@ -118,10 +120,11 @@ def cmd_bake(args) -> int:
 
 def cmd_validate(args) -> int:
     from . import validate
+    from .inputs import check_report_path
 
     return validate.run_validate(
         Path(args.inventory),
-        Path(args.report) if args.report else None,
+        check_report_path(args.report),
         level=args.level,
         drain=args.drain,
     )
@@ -129,12 +132,13 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from . import workload_run
+    from .inputs import check_report_path
 
     return workload_run.run_case(
         args.case,
         Path(args.inventory),
         nodes=args.nodes,
-        report=Path(args.report) if args.report else None,
+        report=check_report_path(args.report),
         extra_args=args.args,
         gpus_per_node=args.gpus_per_node,
         partition=args.partition,

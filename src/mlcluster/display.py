@@ -1,4 +1,9 @@
-"""Live progress while a playbook runs, and the per-host summary table at the end."""
+"""Live progress while a playbook runs, and the per-host summary table at the end.
+
+Everything that comes from a run (host names, task names, error messages) is printed as plain
+text, never as rich markup: a message such as ``[/bold]`` would otherwise end the display with
+a MarkupError.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,13 @@ from .runner import COUNTERS, RunResult, RunState
 
 
 def counters_table(hosts: dict[str, dict[str, int]], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title) if title else None, title_justify="left")
     table.add_column("host")
     for name in COUNTERS:
         table.add_column(name, justify="right")
     for host, counts in sorted(hosts.items()):
         style = "red" if counts["failures"] or counts["unreachable"] else None
-        table.add_row(host, *(str(counts[c]) for c in COUNTERS), style=style)
+        table.add_row(Text(host), *(str(counts[c]) for c in COUNTERS), style=style)
     return table
 
 
@@ -56,10 +61,13 @@ class ProgressDisplay:
             return
         if state.play and state.play != self._last_play:
             self._last_play = state.play
-            self.console.print(f"[{state.elapsed:6.1f}s] PLAY {state.play}", highlight=False)
+            self._line(state, f"PLAY {state.play}")
         for error in state.errors[self._errors_shown :]:
-            self.console.print(f"[{state.elapsed:6.1f}s] FAILED {error}", highlight=False)
+            self._line(state, f"FAILED {error}")
         self._errors_shown = len(state.errors)
+
+    def _line(self, state: RunState, text: str) -> None:
+        self.console.print(f"[{state.elapsed:6.1f}s] {text}", highlight=False, markup=False)
 
     def stop(self, state: RunState) -> None:
         if self.live is not None:
@@ -79,5 +87,5 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         for role, status in roles.items():
             console.print(f"{host} {role}: {status}", highlight=False, markup=False)
     for error in result.errors:
-        console.print(f"[red]error[/red] {error}", highlight=False)
-    console.print(f"artifacts: {result.artifact_dir}", highlight=False)
+        console.print(Text.assemble(("error", "red"), " ", error), highlight=False)
+    console.print(f"artifacts: {result.artifact_dir}", highlight=False, markup=False)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MlclusterError
-from .paths import project_root, state_dir, venv_bin
+from .inputs import ansible_env, check_tags, check_targets
+from .paths import project_root, state_dir
 
 KEEP_RUNS = 20
 COUNTERS = ("ok", "changed", "failures", "unreachable", "skipped")
@@ -195,18 +196,16 @@ def run_playbook(
     playbook_path = (root / playbook).resolve()  # an absolute playbook stays as it is
     if not playbook_path.is_file():
         raise MlclusterError(f"playbook {playbook} not found in {root}")
+    # Bad input stops here, before a run directory exists or a play starts.
+    check_targets(inv, limit)
+    check_tags(tags, playbook_path, inv)
     ident = time.strftime("%Y%m%d-%H%M%S-") + playbook_path.stem + f"-{uuid.uuid4().hex[:6]}"
     # A private data dir per run: ansible-runner keeps env/ files there (cmdline, extravars)
     # that would otherwise leak into the next run.
     private = state_dir() / "runs" / ident
     private.mkdir(parents=True, exist_ok=True)
     _rotate_runs(private.parent)
-    env = {
-        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
-        "PATH": f"{venv_bin()}:{os.environ.get('PATH', '')}",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    env.update(extra_env or {})
+    env = {**ansible_env(), **(extra_env or {})}
     cmdline = ["--check", "--diff"] if check else []
 
     state = RunState()
