@@ -59,8 +59,18 @@ def test_partition_gpus_reads_the_default_partition_or_the_named_one():
 
 
 def test_case_arguments_default_by_device_and_checkpoint_on_fsx():
-    assert workload_run.case_arguments("ddp", [], 0, "job") == ["--steps", "40"]
-    assert workload_run.case_arguments("ddp", [], 8, "job") == ["--steps", "200"]
+    # every training case checkpoints under the job's name on /fsx (ddp, jax as fsdp)
+    fsx = ["--checkpoint-dir", "/fsx/mlcluster/checkpoints/job"]
+    assert workload_run.case_arguments("ddp", [], 0, "job") == ["--steps", "40", *fsx]
+    assert workload_run.case_arguments("ddp", [], 8, "job") == ["--steps", "200", *fsx]
+    assert workload_run.case_arguments("jax", [], 0, "job") == ["--steps", "40", *fsx]
+    # a measurement keeps nothing
+    assert workload_run.case_arguments("allreduce", [], 0, "job") == [
+        "--max-bytes",
+        "16M",
+        "--iters",
+        "10",
+    ]
     assert workload_run.case_arguments("fsdp", ["--", "--steps", "3"], 0, "j-1") == [
         "--steps",
         "3",

@@ -1,10 +1,12 @@
 """`mlcluster run`: the rendered batch scripts line by line, the inventory lookup, the metrics
-parsing, and the whole run against a fake controller (no SSH) that answers squeue, sacct, sinfo
-and cat as a Slurm controller would, down to the exit status when the job fails."""
+parsing, and the whole run against a fake controller (no SSH) that answers scontrol, sacct,
+sinfo and cat as a Slurm controller would, down to the exit status when the job fails
+(tests/unit/test_run_follow.py: requeues, deadline, Ctrl-C, SSH failures, the script upload)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import time
 from types import SimpleNamespace
@@ -28,8 +30,29 @@ HEADER = [
 ]
 TORCHRUN_CPU = (
     "  /fsx/mlcluster/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=1"
-    " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\"
+    " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID"
+    " --rdzv_conf=join_timeout=300 \\"
 )
+# Training cases: requeued output appends, SIGUSR1 before the time limit, the trap that saves and
+# requeues, the step in the background (launch.py renders them; tests/workloads/test_launch.py
+# has the whole script).
+REQUEUE = ["#SBATCH --requeue", "#SBATCH --open-mode=append"]
+TRAINING = [*REQUEUE, "#SBATCH --signal=B:USR1@120"]
+TRAP = [
+    "# SIGUSR1 arrives 120 s before the time limit (--signal): SIGTERM",
+    "# to the step's processes (not to srun, which would SIGKILL them) makes the ranks save",
+    "# after their current step and exit; then the job is requeued and resumes from there.",
+    "save_and_requeue() {",
+    '  echo "mlcluster: time limit near: saving and requeueing job $SLURM_JOB_ID" >&2',
+    '  scancel --signal=TERM "$SLURM_JOB_ID"',
+    '  wait "$step_pid" || true',
+    '  scontrol requeue "$SLURM_JOB_ID"',
+    "  exit 0",
+    "}",
+    "trap save_and_requeue USR1",
+    "",
+]
+BACKGROUND = ["step_pid=$!", 'wait "$step_pid"']
 
 
 def script_lines(case, nodes, job_name, gpus_per_node=0, extra_args=(), **kwargs):
@@ -46,12 +69,15 @@ def test_ddp_on_cpu_nodes():
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --exclusive",
-        "#SBATCH --requeue",
+        *TRAINING,
         "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
         *HEADER,
+        *TRAP,
         "srun \\",
         TORCHRUN_CPU,
-        "  -m mlcluster_workloads.ddp --steps 40",
+        "  -m mlcluster_workloads.ddp --dist-timeout=300 --steps 40"
+        " --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-ddp-1 &",
+        *BACKGROUND,
     ]
 
 
@@ -62,12 +88,15 @@ def test_jax_runs_one_process_per_node_with_the_first_node_as_coordinator():
         "#SBATCH --nodes=3",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --exclusive",
-        "#SBATCH --requeue",
+        *TRAINING,
         "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
         *HEADER,
+        *TRAP,
         "srun \\",
         "  /fsx/mlcluster/venv/bin/python \\",
-        "  -m mlcluster_workloads.jax_dp --coordinator=$head_node:12355 --steps 5",
+        "  -m mlcluster_workloads.jax_dp --coordinator=$head_node:12355 --dist-timeout=300"
+        " --steps 5 --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-jax-1 &",
+        *BACKGROUND,
     ]
 
 
@@ -88,14 +117,17 @@ def test_fsdp_on_gpu_nodes_in_a_pyxis_image_checkpoints_on_fsx():
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --exclusive",
         "#SBATCH --partition=p5",
-        "#SBATCH --requeue",
+        *TRAINING,
         "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
         *HEADER,
+        *TRAP,
         "srun --container-image='nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/fsx:/fsx \\",
         "  /fsx/mlcluster/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8"
-        " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\",
-        "  -m mlcluster_workloads.fsdp --config 1b --steps 50"
-        " --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-fsdp-1",
+        " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID"
+        " --rdzv_conf=join_timeout=300 \\",
+        "  -m mlcluster_workloads.fsdp --dist-timeout=300 --config 1b --steps 50"
+        " --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-fsdp-1 &",
+        *BACKGROUND,
     ]
 
 
@@ -123,7 +155,7 @@ def test_nccl_tests_run_one_mpi_rank_per_gpu():
         "#SBATCH --ntasks-per-node=8",
         "#SBATCH --gpus-per-node=8",
         "#SBATCH --exclusive",
-        "#SBATCH --requeue",
+        *REQUEUE,
         "#SBATCH --output=/fsx/mlcluster/jobs/%x-%j.out",
         *HEADER,
         "/fsx/mlcluster/venv/bin/python -m mlcluster_workloads.allreduce --nccl-tests"
@@ -232,14 +264,34 @@ SUMMARY = json.dumps(
     {"event": "summary", "world_size": 2, "first_loss": 2.5, "final_loss": 0.4, "mfu": None}
 )
 CPU_PARTITION = "compute1 (null) batch*\ncompute2 (null) batch*\n"
+INVALID_JOB = "slurm_load_jobs error: Invalid job id specified\n"
+# The random part mktemp gives the batch script's name on the fake controller.
+RANDOM = "Xq3bR7tZ"
+
+
+def scontrol_line(state, reason="None", restarts=0, nodes="(null)", requeue=1):
+    """`scontrol -o show job` of a job of `mlcluster run`, as Slurm 22.05 prints it (cut)."""
+    return (
+        f"JobId={JOB_ID} JobName=mlcluster-ddp-{NOW} UserId=mluser(2001) GroupId=mluser(2000) "
+        f"MCS_label=N/A Priority=4294901759 Nice=0 Account=(null) QOS=normal JobState={state} "
+        f"Reason={reason} Dependency=(null) Requeue={requeue} Restarts={restarts} BatchFlag=1 "
+        "Reboot=0 ExitCode=0:0 RunTime=00:00:07 TimeLimit=UNLIMITED TimeMin=N/A "
+        "AllocNode:Sid=controller:2911 ReqNodeList=(null) ExcNodeList=(null) "
+        f"NodeList={nodes} BatchHost=compute1 NumNodes=2 NumCPUs=2 NumTasks=2 CPUs/Task=1 "
+        "ReqB:S:C:T=0:0:*:* TRES=cpu=2,mem=1600M,node=2,billing=2 "
+        f"Command=/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.{RANDOM}.sbatch "
+        "WorkDir=/fsx/mlcluster/jobs Power=\n"
+    )
 
 
 class FakeController:
     """Answers the commands `mlcluster run` sends over SSH like a Slurm controller would."""
 
-    host = "head"
+    host, user = "head", "root"
 
     def __init__(self, squeue=("PENDING", "RUNNING"), sacct="", output="", sinfo=CPU_PARTITION):
+        # scontrol's answers in turn: a state (a line with it) or a whole line; then the job
+        # has left slurmctld and sacct answers
         self.squeue = list(squeue)
         self.sacct, self.output, self.sinfo = sacct, output, sinfo
         self.bundles: set[str] = set()
@@ -253,9 +305,12 @@ class FakeController:
     def run(self, command: str, input_text: str | None = None, timeout: float = 120):
         self.commands.append(command)
         rc, out, err = 0, "", ""
-        if command.startswith("cat > "):
-            self.uploads[command.split()[2]] = input_text
-            rc, err = self.upload_rc, "cat: /fsx/mlcluster/jobs: No such file or directory"
+        if command.startswith("runuser -u mluser -- sh -c "):
+            prefix = shlex.split(command)[-1]
+            self.uploads[f"{prefix}.sbatch"] = input_text
+            rc, out = self.upload_rc, f"{prefix}.{RANDOM}.sbatch\n" * (not self.upload_rc)
+            err = f"mktemp: failed to create file via template '{prefix}.XXXXXXXX': "
+            err += "Permission denied"
         elif command.startswith("test -f "):
             rc = 0 if command.split()[2].removesuffix("/config.json") in self.bundles else 1
         elif command.startswith("srun --help"):
@@ -264,8 +319,14 @@ class FakeController:
             rc, out, err = self.sbatch
         elif command.startswith("sinfo "):
             out = self.sinfo
-        elif command.startswith(f"squeue -h -j {JOB_ID} "):
-            out = self.squeue.pop(0) + "\n" if self.squeue else ""
+        elif command == f"scontrol -o show job {JOB_ID}":
+            if self.squeue:
+                answer = self.squeue.pop(0)
+                out = answer if "JobState=" in answer else scontrol_line(answer)
+            else:
+                rc, err = 1, INVALID_JOB
+        elif command == f"scancel {JOB_ID}":
+            pass
         elif command.startswith(f"sacct -n -X -P -j {JOB_ID} "):
             out = self.sacct
         elif command.startswith("cat /fsx/mlcluster/jobs/mlcluster-"):
@@ -312,20 +373,33 @@ def test_a_completed_job_exits_zero_with_its_report(controller, tmp_path):
     assert f"submitted ddp as job {JOB_ID} on 2 node(s), 0 GPU(s) each" in text
     assert "ended" not in text
     script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
-    assert script.splitlines()[-1] == "  -m mlcluster_workloads.ddp --steps 40"
-    # squeue while the job is queued and running, then sacct once it has left the queue
-    polls = [c.split()[0] for c in controller.commands if c.startswith(("squeue", "sacct"))]
-    assert polls == ["squeue", "squeue", "squeue", "sacct"]
+    assert script.splitlines()[-3] == (
+        "  -m mlcluster_workloads.ddp --dist-timeout=300 --steps 40"
+        f" --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-ddp-{NOW} &"
+    )
+    # scontrol while slurmctld holds the job, then sacct once it has left the queue
+    polls = [c for c in controller.commands if c.startswith(("scontrol", "sacct"))]
+    assert polls == [f"scontrol -o show job {JOB_ID}"] * 3 + [
+        f"sacct -n -X -P -j {JOB_ID} -o State,NodeList"
+    ]
+    assert f"job {JOB_ID} PENDING\n" in text and f"job {JOB_ID} COMPLETED\n" in text
     assert json.loads(report.read_text()) == {
         "case": "ddp",
         "job_id": JOB_ID,
         "state": "COMPLETED",
         "reason": None,
+        "requeues": 0,
+        "events": [f"job {JOB_ID} PENDING", f"job {JOB_ID} RUNNING", f"job {JOB_ID} COMPLETED"],
         "nodes": 2,
         "gpus_per_node": 0,
         "partition": None,
         "container": None,
-        "args": ["--steps", "40"],
+        "args": [
+            "--steps",
+            "40",
+            "--checkpoint-dir",
+            f"/fsx/mlcluster/checkpoints/mlcluster-ddp-{NOW}",
+        ],
         "output": f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}-{JOB_ID}.out",
         "summary": json.loads(SUMMARY),
         "steps": [json.loads(STEP)],
@@ -385,7 +459,7 @@ def test_a_rejected_submission_is_an_error_with_sbatchs_message(controller):
     with pytest.raises(MlclusterError) as exc:
         run(controller, partition="p6", gpus_per_node=0)
     assert str(exc.value) == "sbatch failed on head: sbatch: error: invalid partition specified: p6"
-    assert not [c for c in controller.commands if c.startswith(("squeue", "sacct"))]
+    assert not [c for c in controller.commands if c.startswith(("scontrol", "sacct"))]
 
 
 def test_a_failed_install_stops_before_submitting(controller, monkeypatch):
@@ -408,7 +482,10 @@ def test_gpus_per_node_come_from_the_partitions_gres(controller):
     assert "on 2 node(s), 4 GPU(s) each" in text
     script = controller.uploads[f"/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch"]
     assert "#SBATCH --gpus-per-node=4" in script.splitlines()
-    assert script.splitlines()[-1] == "  -m mlcluster_workloads.ddp --steps 200"
+    assert script.splitlines()[-3] == (
+        "  -m mlcluster_workloads.ddp --dist-timeout=300 --steps 200"
+        f" --checkpoint-dir /fsx/mlcluster/checkpoints/mlcluster-ddp-{NOW} &"
+    )
 
 
 @pytest.mark.parametrize(
@@ -463,12 +540,13 @@ def test_nodes_below_one_is_bad_input(controller):
     assert exc.value.exit_code == 2
 
 
-def test_job_state_reads_squeue_then_sacct():
+def test_poll_job_reads_scontrol_then_sacct():
     target = FakeController(squeue=["RUNNING"], sacct="")
-    assert workload_run.job_state(target, JOB_ID) == "RUNNING"
-    assert workload_run.job_state(target, JOB_ID) is None
-    target.sacct = "COMPLETED\nCOMPLETED\n"
-    assert workload_run.job_state(target, JOB_ID) == "COMPLETED"
+    assert workload_run.poll_job(target, JOB_ID).state == "RUNNING"
+    assert workload_run.poll_job(target, JOB_ID) is None
+    target.sacct = "COMPLETED|compute[1-2]\nCOMPLETED|compute[1-2]\n"
+    status = workload_run.poll_job(target, JOB_ID)
+    assert (status.state, status.nodes, status.finished) == ("COMPLETED", "compute[1-2]", True)
 
 
 def test_a_failed_upload_is_an_error(controller):
@@ -476,9 +554,11 @@ def test_a_failed_upload_is_an_error(controller):
     with pytest.raises(MlclusterError) as exc:
         run(controller)
     assert str(exc.value) == (
-        f"cannot write /fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.sbatch on head: "
-        "cat: /fsx/mlcluster/jobs: No such file or directory"
+        "cannot write the batch script in /fsx/mlcluster/jobs on head as mluser: mktemp: failed "
+        f"to create file via template '/fsx/mlcluster/jobs/mlcluster-ddp-{NOW}.XXXXXXXX': "
+        "Permission denied"
     )
+    assert not [c for c in controller.commands if "sbatch --parsable" in c]
 
 
 def test_negative_gpus_per_node_is_bad_input(controller):
@@ -635,15 +715,9 @@ def test_controller_target_with_a_port_and_defaults(tmp_path):
     assert target.ssh_args == ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", "2222"]
 
 
-def test_an_unreadable_inventory_is_an_error(tmp_path, monkeypatch):
-    def failing(argv, **kwargs):
-        # a failing ansible-inventory must come back as a result, read as text, not raise
-        assert kwargs == {"capture_output": True, "text": True, "check": False}
-        return subprocess.CompletedProcess(argv, 1, "", "ERROR! Unable to parse hosts.yml\n")
-
-    monkeypatch.setattr(workload_run.subprocess, "run", failing)
+def test_an_unreadable_inventory_is_an_error(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  children: [\n")
     with pytest.raises(MlclusterError) as exc:
-        workload_run.controller_target(tmp_path / "hosts.yml")
-    assert str(exc.value) == (
-        f"cannot read inventory {tmp_path / 'hosts.yml'}: ERROR! Unable to parse hosts.yml"
-    )
+        workload_run.controller_target(inv)
+    assert str(exc.value).startswith(f"inventory {inv} could not be parsed: YAML parsing failed: ")

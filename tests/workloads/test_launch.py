@@ -43,6 +43,8 @@ def test_sbatch_for_fsdp_on_hyperpod_with_efa_and_a_container():
         "#SBATCH --partition=p5\n"
         "#SBATCH --time=02:00:00\n"
         "#SBATCH --requeue\n"
+        "#SBATCH --open-mode=append\n"
+        "#SBATCH --signal=B:USR1@120\n"
         "#SBATCH --output=/fsx/logs/%x-%j.out\n"
         "# Rendered by mlcluster_workloads.launch.\n"
         "set -euo pipefail\n"
@@ -56,11 +58,27 @@ def test_sbatch_for_fsdp_on_hyperpod_with_efa_and_a_container():
         "\n"
         'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
         "\n"
+        "# SIGUSR1 arrives 120 s before the time limit (--signal): SIGTERM\n"
+        "# to the step's processes (not to srun, which would SIGKILL them) makes the ranks save\n"
+        "# after their current step and exit; then the job is requeued and resumes from there.\n"
+        "save_and_requeue() {\n"
+        '  echo "mlcluster: time limit near: saving and requeueing job $SLURM_JOB_ID" >&2\n'
+        '  scancel --signal=TERM "$SLURM_JOB_ID"\n'
+        '  wait "$step_pid" || true\n'
+        '  scontrol requeue "$SLURM_JOB_ID"\n'
+        "  exit 0\n"
+        "}\n"
+        "trap save_and_requeue USR1\n"
+        "\n"
         "srun --auto-resume=1 --container-image='nvcr.io#nvidia/pytorch:25.01-py3'"
         " --container-mounts=/fsx:/fsx \\\n"
         "  torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8 --rdzv_backend=c10d"
-        " --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\\n"
-        "  -m mlcluster_workloads.fsdp --config 8b --checkpoint-dir '/fsx/ckpt/run 1'\n"
+        " --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID"
+        " --rdzv_conf=join_timeout=300 \\\n"
+        "  -m mlcluster_workloads.fsdp --dist-timeout=300 --config 8b"
+        " --checkpoint-dir '/fsx/ckpt/run 1' &\n"
+        "step_pid=$!\n"
+        'wait "$step_pid"\n'
     )
 
 
@@ -72,6 +90,8 @@ def test_sbatch_plain_cluster_has_no_efa_auto_resume_or_container():
     assert "#SBATCH --nodes=2" in lines
     assert "#SBATCH --ntasks-per-node=1" in lines
     assert "#SBATCH --requeue" in lines
+    assert "#SBATCH --open-mode=append" in lines
+    assert "#SBATCH --signal=B:USR1@120" in lines
     assert "#SBATCH --output=logs/%x-%j.out" in lines
     assert not any(line.startswith("#SBATCH --gpus-per-node") for line in lines)
     assert not any(line.startswith(("#SBATCH --partition", "#SBATCH --time")) for line in lines)
@@ -79,9 +99,14 @@ def test_sbatch_plain_cluster_has_no_efa_auto_resume_or_container():
     assert "srun \\" in lines
     assert (
         "  /fsx/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=2"
-        " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\"
+        " --rdzv_backend=c10d --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID"
+        " --rdzv_conf=join_timeout=300 \\"
     ) in lines
-    assert lines[-1] == "  -m mlcluster_workloads.ddp"
+    assert lines[-3:] == [
+        "  -m mlcluster_workloads.ddp --dist-timeout=300 &",
+        "step_pid=$!",
+        'wait "$step_pid"',
+    ]
     for absent in ("FI_PROVIDER", "--auto-resume", "--container", "NCCL_SOCKET_IFNAME"):
         assert absent not in script
 
@@ -100,6 +125,9 @@ def test_sbatch_efa_without_hyperpod_or_container():
         "export FI_EFA_USE_DEVICE_RDMA=1",
     ]
     assert "srun \\" in lines
+    # a measurement keeps no state: requeued, it runs again; no time-limit trap, no --dist-timeout
+    assert "#SBATCH --requeue" in lines and "#SBATCH --open-mode=append" in lines
+    assert not any("--signal" in line or "trap" in line for line in lines)
     assert lines[-1] == "  -m mlcluster_workloads.allreduce --max-bytes 1G"
 
 
@@ -110,10 +138,14 @@ def test_sbatch_jax_runs_one_process_per_node_with_the_first_node_as_coordinator
     lines = script.splitlines()
     assert "#SBATCH --ntasks-per-node=1" in lines
     assert "torchrun" not in script
-    assert lines[-3:] == [
+    assert lines[-5:] == [
         "srun --auto-resume=1 \\",
         "  python \\",
-        "  -m mlcluster_workloads.jax_dp --coordinator=$head_node:12355 --steps 9",
+        # JAX's --dist-timeout is its initialisation timeout: the start-up one
+        "  -m mlcluster_workloads.jax_dp --coordinator=$head_node:12355 --dist-timeout=300"
+        " --steps 9 &",
+        "step_pid=$!",
+        'wait "$step_pid"',
     ]
 
 
@@ -155,8 +187,10 @@ def test_pytorchjob_for_fsdp_on_eks():
         "--rdzv_backend=c10d",
         "--rdzv_endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
         "--rdzv_id=mlcluster-fsdp",
+        "--rdzv_conf=join_timeout=300",
         "-m",
         "mlcluster_workloads.fsdp",
+        "--dist-timeout=300",
         "--config",
         "8b",
         "--checkpoint-dir",
@@ -207,18 +241,19 @@ def test_spec_validation():
 
 def test_cli_renders_a_spec_file(tmp_path):
     spec = tmp_path / "spec.yml"
-    spec.write_text(json.dumps({"case": "fsdp", "nodes": 2, "args": ["--steps", "5"]}))
+    spec.write_text(json.dumps({"case": "allreduce", "nodes": 2, "args": ["--iters", "5"]}))
     out = io.StringIO()
     with redirect_stdout(out):
         main([str(spec), "--format", "sbatch"])
     assert out.getvalue() == (
         "#!/bin/bash\n"
-        "#SBATCH --job-name=mlcluster-fsdp\n"
+        "#SBATCH --job-name=mlcluster-allreduce\n"
         "#SBATCH --nodes=2\n"
         "#SBATCH --ntasks-per-node=1\n"
         "#SBATCH --gpus-per-node=8\n"  # the spec's default
         "#SBATCH --exclusive\n"
         "#SBATCH --requeue\n"
+        "#SBATCH --open-mode=append\n"
         "#SBATCH --output=logs/%x-%j.out\n"
         "# Rendered by mlcluster_workloads.launch.\n"
         "set -euo pipefail\n"
@@ -227,8 +262,9 @@ def test_cli_renders_a_spec_file(tmp_path):
         "\n"
         "srun \\\n"
         "  torchrun --nnodes=$SLURM_JOB_NUM_NODES --nproc_per_node=8 --rdzv_backend=c10d"
-        " --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID \\\n"
-        "  -m mlcluster_workloads.fsdp --steps 5\n"
+        " --rdzv_endpoint=$head_node:29500 --rdzv_id=$SLURM_JOB_ID"
+        " --rdzv_conf=join_timeout=300 \\\n"
+        "  -m mlcluster_workloads.allreduce --iters 5\n"
     )
 
 

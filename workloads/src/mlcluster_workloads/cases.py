@@ -30,7 +30,11 @@ class Case:
     gpu_args: tuple[str, ...] = ()
     # The case needs GPUs on the nodes (mlcluster run refuses it on CPU-only partitions).
     needs_gpu: bool = False
-    # The case takes --checkpoint-dir and resumes from the newest complete checkpoint there.
+    # A training case: it takes --checkpoint-dir (and saves every --checkpoint-every steps, and
+    # when SIGTERM/SIGUSR1 stop it), resumes from the newest complete checkpoint there, and takes
+    # --dist-timeout. The launcher gives it the time-limit signal and trap; `mlcluster run`
+    # gives it a directory on /fsx. allreduce and nccl_tests measure, keep no state, and
+    # simply run again when requeued.
     checkpoints: bool = False
     # `mlcluster run` reports it (training cases and benchmarks), not only renders it.
     runnable: bool = True
@@ -46,6 +50,7 @@ CASES: dict[str, Case] = {
             "DistributedDataParallel on a small MLP (data parallel, gradients all-reduced)",
             cpu_args=("--steps", "40"),
             gpu_args=("--steps", "200"),
+            checkpoints=True,
         ),
         Case(
             "fsdp",
@@ -63,6 +68,7 @@ CASES: dict[str, Case] = {
             "JAX multi-process data parallel (one process per node)",
             cpu_args=("--steps", "40"),
             gpu_args=("--steps", "200"),
+            checkpoints=True,
         ),
         Case(
             "allreduce",

@@ -4,21 +4,27 @@
     python -m mlcluster_workloads.ddp --steps 50          # one process, same code path
 
 Every rank reads its own disjoint block of each global batch (see data.py); DDP averages the
-gradients, so a step equals one single-process step on the whole global batch.
+gradients, so a step equals one single-process step on the whole global batch. With
+``--checkpoint-dir`` the run saves every ``--checkpoint-every`` steps (and when SIGTERM or SIGUSR1
+asks it to stop) and resumes from the newest complete checkpoint there (checkpoint.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mlcluster_workloads import dist, metrics
+from mlcluster_workloads import checkpoint, dist, metrics
 from mlcluster_workloads.data import ShardedSampler, TeacherRegression
+
+TRAIN_KEYS = ["step", "samples_consumed"]
 
 
 def build_model(in_features: int, hidden: int, depth: int, *, seed: int) -> nn.Sequential:
@@ -77,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-features", type=int, default=32)
     parser.add_argument("--num-samples", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
+    checkpoint.add_arguments(parser)
     dist.add_arguments(parser)
     metrics.add_arguments(parser)
     return parser.parse_args(argv)
@@ -85,57 +92,103 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
-    ctx = dist.init(args.backend, args.device)
+    ctx = dist.init(args.backend, args.device, args.dist_timeout)
     try:
-        x, y = map(
-            torch.from_numpy,
-            TeacherRegression(
-                num_samples=args.num_samples, in_features=args.in_features, seed=args.seed
-            ).arrays(),
-        )
-        sampler = ShardedSampler(
-            args.num_samples,
-            args.batch_size,
-            ctx.rank,
-            ctx.world_size,
-            seed=args.seed,
-            shuffle=True,
-        )
-        net = build_model(args.in_features, args.hidden, args.depth, seed=args.seed)
-        model = DistributedDataParallel(
-            net.to(ctx.device),
-            device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-        )
-        optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
-        rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
-        reporter = metrics.Reporter(
-            case="ddp",
-            world_size=ctx.world_size,
-            device=dist.reporter_device(ctx.device),
-            samples_per_step=sampler.global_batch,
-            flops_per_sample=metrics.mlp_flops_per_sample(weight_shapes(net)),
-            warmup_steps=args.warmup_steps,
-            peak_tflops=args.peak_tflops,
-            enabled=ctx.is_main,
-            stream=stream,
-            extra={"backend": ctx.backend, "global_batch": sampler.global_batch},
-        )
-        for step in range(1, args.steps + 1):
-            indices = sampler.indices(step - 1)
-            index = torch.from_numpy(indices)
-            inputs, targets = x[index].to(ctx.device), y[index].to(ctx.device)
-            dist.synchronize(ctx.device)
-            started = time.perf_counter()
-            loss = train_step(model, optimizer, inputs, targets)
-            dist.synchronize(ctx.device)
-            elapsed = time.perf_counter() - started
-            reporter.step(step, dist.mean_across_ranks(loss), elapsed)
-            rank_report.step(step, indices, loss)
-        reporter.summary()
-        if rank_report.enabled:
-            rank_report.finish(dist.host_parameters(net))
+        run(args, ctx, stream)
     finally:
         dist.shutdown()
+
+
+def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None:
+    x, y = map(
+        torch.from_numpy,
+        TeacherRegression(
+            num_samples=args.num_samples, in_features=args.in_features, seed=args.seed
+        ).arrays(),
+    )
+    sampler = ShardedSampler(
+        args.num_samples, args.batch_size, ctx.rank, ctx.world_size, seed=args.seed, shuffle=True
+    )
+    net = build_model(args.in_features, args.hidden, args.depth, seed=args.seed)
+    model = DistributedDataParallel(
+        net.to(ctx.device),
+        device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+    )
+    optimizer = make_optimizer(args.optimizer, model.parameters(), args.lr)
+    checkpointer = (
+        checkpoint.Checkpointer(args.checkpoint_dir, keep=args.keep_checkpoints)
+        if args.checkpoint_dir
+        else None
+    )
+    start_step = 0
+    if checkpointer is not None and not args.no_resume:
+        latest = checkpointer.latest()
+        if latest is not None:
+            train = checkpointer.load(latest, model, optimizer, TRAIN_KEYS)
+            if train["samples_consumed"] != train["step"] * sampler.global_batch:
+                raise SystemExit(
+                    f"checkpoint step {latest} consumed {train['samples_consumed']} samples, "
+                    f"but {train['step']} steps of the global batch {sampler.global_batch} "
+                    "would be a different data position: resume with the same global batch"
+                )
+            start_step = train["step"]
+    rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
+    reporter = metrics.Reporter(
+        case="ddp",
+        world_size=ctx.world_size,
+        device=dist.reporter_device(ctx.device),
+        samples_per_step=sampler.global_batch,
+        flops_per_sample=metrics.mlp_flops_per_sample(weight_shapes(net)),
+        warmup_steps=args.warmup_steps,
+        peak_tflops=args.peak_tflops,
+        enabled=ctx.is_main,
+        stream=stream,
+        extra={
+            "backend": ctx.backend,
+            "global_batch": sampler.global_batch,
+            "resumed_from_step": start_step or None,
+        },
+    )
+    if start_step:
+        reporter.emit({"event": "resume", "case": "ddp", "step": start_step})
+    stop = checkpoint.StopRequest()
+    stopped_early = False
+    for step in range(start_step + 1, args.steps + 1):
+        indices = sampler.indices(step - 1)
+        index = torch.from_numpy(indices)
+        inputs, targets = x[index].to(ctx.device), y[index].to(ctx.device)
+        dist.synchronize(ctx.device)
+        started = time.perf_counter()
+        loss = train_step(model, optimizer, inputs, targets)
+        dist.synchronize(ctx.device)
+        elapsed = time.perf_counter() - started
+        reporter.step(step, dist.mean_across_ranks(loss), elapsed)
+        rank_report.step(step, indices, loss)
+        stopping = step == args.stop_after_step or dist.any_rank(stop.requested, ctx.device)
+        if checkpointer is not None and (stopping or checkpoint.due(args, step)):
+            started = time.perf_counter()
+            path = checkpointer.save(
+                step,
+                model,
+                optimizer,
+                {"step": step, "samples_consumed": step * sampler.global_batch},
+            )
+            reporter.emit(
+                {
+                    "event": "checkpoint",
+                    "case": "ddp",
+                    "step": step,
+                    "path": str(path),
+                    "save_s": time.perf_counter() - started,
+                }
+            )
+        if stopping and step < args.steps:
+            stopped_early = True
+            print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
+            break
+    reporter.summary(stopped_early=stopped_early)
+    if rank_report.enabled:
+        rank_report.finish(dist.host_parameters(net))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -20,6 +21,10 @@ from mlcluster_workloads.metrics import Device
 
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("auto", "cpu", "cuda")
+# Seconds a collective (and the process group's start-up) may wait for a peer before the rank
+# fails. torch's own default is 10 minutes for NCCL and 30 for gloo; a dead peer then holds the
+# others that long. The launcher passes it explicitly (launch.WorkloadSpec.collective_timeout).
+DEFAULT_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu",
     )
+    parser.add_argument(
+        "--dist-timeout",
+        type=int,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds a collective waits for a peer before failing (default {DEFAULT_TIMEOUT_S})",
+    )
 
 
 def resolve_device(requested: str, local_rank: int) -> torch.device:
@@ -66,7 +77,9 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def init(backend: str = "auto", device: str = "auto") -> DistContext:
+def init(
+    backend: str = "auto", device: str = "auto", timeout_s: int = DEFAULT_TIMEOUT_S
+) -> DistContext:
     """Join (or, alone, create) the default process group and pin this rank's device."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch_device = resolve_device(device, local_rank)
@@ -76,7 +89,9 @@ def init(backend: str = "auto", device: str = "auto") -> DistContext:
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ:  # launched: env:// needs MASTER_ADDR/MASTER_PORT too
             dist.init_process_group(
-                chosen, device_id=torch_device if torch_device.type == "cuda" else None
+                chosen,
+                timeout=timedelta(seconds=timeout_s),
+                device_id=torch_device if torch_device.type == "cuda" else None,
             )
         else:
             dist.init_process_group(chosen, store=dist.HashStore(), rank=0, world_size=1)
@@ -105,6 +120,14 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     reduced = value.detach().clone().float()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced.item() / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (a stop signal that reached one rank stops
+    all of them after the same step)."""
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def host_parameters(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ The model is built on the meta device, each block and then the root are sharded 
 and only then are parameters materialised and initialised. On CUDA, parameters compute in bf16
 and gradients reduce in fp32 (MixedPrecisionPolicy); on CPU everything is fp32. Each rank reads
 its own block of every global batch, from a synthetic token stream or a token file (data.py).
-With ``--checkpoint-dir`` the run resumes from the newest complete checkpoint there.
+With ``--checkpoint-dir`` the run saves every ``--checkpoint-every`` steps (and when SIGTERM or
+SIGUSR1 asks it to stop) and resumes from the newest complete checkpoint there (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from mlcluster_workloads import dist, metrics
+from mlcluster_workloads import checkpoint, dist, metrics
 from mlcluster_workloads.checkpoint import Checkpointer
 from mlcluster_workloads.data import TOKEN_DTYPES, ShardedSampler, SyntheticTokens, TokenFile
 from mlcluster_workloads.llama import CONFIGS, LlamaConfig, Transformer
@@ -129,28 +130,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-file", help="flat little-endian token-id file; default synthetic")
     parser.add_argument("--data-dtype", choices=sorted(TOKEN_DTYPES), default="uint16")
     parser.add_argument("--shuffle", action="store_true", help="permute windows every epoch")
-    parser.add_argument("--checkpoint-dir", help="save here and resume from the newest complete")
-    parser.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0: never save")
-    parser.add_argument("--keep-checkpoints", type=int, default=2, help="0: keep all")
-    parser.add_argument("--no-resume", action="store_true")
-    parser.add_argument(
-        "--stop-after-step",
-        type=int,
-        default=0,
-        help="exit after this step as if preempted (tests resumption)",
-    )
+    checkpoint.add_arguments(parser)
     dist.add_arguments(parser)
     metrics.add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.checkpoint_every and not args.checkpoint_dir:
-        parser.error("--checkpoint-every needs --checkpoint-dir")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
-    ctx = dist.init(args.backend, args.device)
+    ctx = dist.init(args.backend, args.device, args.dist_timeout)
     try:
         run(args, ctx, stream)
     finally:
@@ -243,6 +232,7 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         reporter.emit({"event": "resume", "case": "fsdp", "step": start_step})
 
     rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
+    stop = checkpoint.StopRequest()
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
         indices = sampler.indices(step - 1)
@@ -263,7 +253,8 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         reporter.step(step, dist.mean_across_ranks(loss), elapsed)
         rank_report.step(step, indices, loss)
 
-        if checkpointer is not None and args.checkpoint_every and step % args.checkpoint_every == 0:
+        stopping = step == args.stop_after_step or dist.any_rank(stop.requested, ctx.device)
+        if checkpointer is not None and (stopping or checkpoint.due(args, step)):
             started = time.perf_counter()
             path = checkpointer.save(
                 step,
@@ -280,9 +271,9 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
                     "save_s": time.perf_counter() - started,
                 }
             )
-        if step == args.stop_after_step:
+        if stopping and step < args.steps:
             stopped_early = True
-            print(f"stopping after step {step} as asked", file=sys.stderr)
+            print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
             break
     reporter.summary(stopped_early=stopped_early)
     if rank_report.enabled:

@@ -9,7 +9,10 @@ else JAX_COORDINATOR_ADDRESS, else MASTER_ADDR:MASTER_PORT. Parameters are repli
 process feeds its own block of the global batch, and the loss is the ``jax.lax.pmean`` over
 every device of every process inside ``shard_map``, so its gradient is the average over all
 devices. On CPU the cross-process collectives go through gloo
-(``jax_cpu_collectives_implementation``).
+(``jax_cpu_collectives_implementation``). With ``--checkpoint-dir`` process 0 saves the
+parameters, Adam moments and step count every ``--checkpoint-every`` steps (and when SIGTERM or
+SIGUSR1 asks the run to stop) as one ``state.npz``, and every process resumes from the newest
+complete checkpoint there (checkpoint.py's layout; the directory must be shared, like /fsx).
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from typing import TextIO
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlcluster_workloads import metrics
+from mlcluster_workloads import checkpoint, metrics
 from mlcluster_workloads.data import ShardedSampler, TeacherRegression
+
+# Seconds jax.distributed.initialize waits for every process to reach the coordinator (JAX's
+# default is 300); the launcher passes it explicitly.
+DEFAULT_INIT_TIMEOUT_S = 300
 
 try:
     from jax import shard_map
@@ -147,6 +155,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dump-params", help="directory; each process writes params-<id>.npz")
+    parser.add_argument(
+        "--dist-timeout",
+        type=int,
+        default=DEFAULT_INIT_TIMEOUT_S,
+        help="seconds jax.distributed.initialize waits for all processes "
+        f"(default {DEFAULT_INIT_TIMEOUT_S})",
+    )
+    checkpoint.add_arguments(parser)
     metrics.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.num_processes > 1 and not args.coordinator:
@@ -168,21 +184,68 @@ def reporter_device() -> metrics.Device:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
+    stop = checkpoint.StopRequest()
     jax.config.update("jax_cpu_collectives_implementation", args.cpu_collectives)
     if args.num_processes > 1:
         jax.distributed.initialize(
             coordinator_address=args.coordinator,
             num_processes=args.num_processes,
             process_id=args.process_id,
+            initialization_timeout=args.dist_timeout,
         )
     try:
-        train(args, stream)
+        train(args, stream, stop)
     finally:
         if args.num_processes > 1:
             jax.distributed.shutdown()
 
 
-def train(args: argparse.Namespace, stream: TextIO) -> None:
+def any_process(flag: bool) -> bool:
+    """True in every process if ``flag`` is true in any."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.array([int(flag)], np.int32))))
+
+
+def sync(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def latest_checkpoint(directory: checkpoint.CheckpointDir) -> int | None:
+    """The newest complete step as process 0 sees the directory, agreed by every process."""
+    newest = directory.newest() if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        chosen = multihost_utils.broadcast_one_to_all(
+            np.array(-1 if newest is None else newest, np.int64)
+        )
+        newest = None if int(chosen) < 0 else int(chosen)
+    return newest
+
+
+def save_checkpoint(
+    directory: checkpoint.CheckpointDir, step: int, state: dict[str, jax.Array], record: dict
+) -> Path:
+    # The arrays are replicated: process 0's copy is the whole state.
+    host = {name: np.asarray(value.addressable_data(0)) for name, value in state.items()}
+    sync(f"checkpoint-{step}-begin")
+    if jax.process_index() == 0:
+        staging = directory.begin(step)
+        np.savez(staging / "state.npz", **host)
+        directory.commit(step, {"world_size": jax.process_count(), **record})
+    sync(f"checkpoint-{step}-done")
+    return directory.path(step)
+
+
+def flatten_state(params, moments, count) -> dict[str, jax.Array]:
+    state = {f"params/{name}": value for name, value in params.items()}
+    for which, tree in zip(("m", "v"), moments, strict=True):
+        state.update({f"{which}/{name}": value for name, value in tree.items()})
+    state["count"] = count
+    return state
+
+
+def train(args: argparse.Namespace, stream: TextIO, stop: checkpoint.StopRequest) -> None:
     process, processes = jax.process_index(), jax.process_count()
     local_devices = jax.local_device_count()
     if args.batch_size % local_devices:
@@ -206,6 +269,30 @@ def train(args: argparse.Namespace, stream: TextIO) -> None:
     moments = (jax.tree.map(global_replicated, zeros), jax.tree.map(global_replicated, zeros))
     count = global_replicated(np.zeros((), np.int32))
     train_step = make_train_step(mesh, args.lr, args.optimizer)
+    directory = (
+        checkpoint.CheckpointDir(args.checkpoint_dir, keep=args.keep_checkpoints)
+        if args.checkpoint_dir
+        else None
+    )
+    start_step = 0
+    latest = latest_checkpoint(directory) if directory and not args.no_resume else None
+    if latest is not None:
+        record = directory.marker(latest)
+        if record["samples_consumed"] != latest * sampler.global_batch:
+            raise SystemExit(
+                f"checkpoint step {latest} consumed {record['samples_consumed']} samples, but "
+                f"{latest} steps of the global batch {sampler.global_batch} would be a different "
+                "data position: resume with the same global batch"
+            )
+        with np.load(directory.path(latest) / "state.npz") as saved:
+            loaded = {name: saved[name] for name in saved.files}
+        params = {name: global_replicated(loaded[f"params/{name}"]) for name in host_params}
+        moments = tuple(
+            {name: global_replicated(loaded[f"{which}/{name}"]) for name in host_params}
+            for which in ("m", "v")
+        )
+        count = global_replicated(loaded["count"])
+        start_step = latest
 
     reporter = metrics.Reporter(
         case="jax_dp",
@@ -223,10 +310,14 @@ def train(args: argparse.Namespace, stream: TextIO) -> None:
             "platform": jax.local_devices()[0].platform,
             "jax_version": jax.__version__,
             "global_batch": sampler.global_batch,
+            "resumed_from_step": start_step or None,
         },
     )
+    if start_step:
+        reporter.emit({"event": "resume", "case": "jax_dp", "step": start_step})
     rank_report = metrics.RankReport(args.debug_report, process, processes)
-    for step in range(1, args.steps + 1):
+    stopped_early = False
+    for step in range(start_step + 1, args.steps + 1):
         index = sampler.indices(step - 1)
         batch_x = jax.make_array_from_process_local_data(split, x[index])
         batch_y = jax.make_array_from_process_local_data(split, y[index])
@@ -238,7 +329,29 @@ def train(args: argparse.Namespace, stream: TextIO) -> None:
             rank_report.step(
                 step, index, np.mean([np.asarray(s.data) for s in local.addressable_shards])
             )
-    reporter.summary()
+        stopping = step == args.stop_after_step or any_process(stop.requested)
+        if directory is not None and (stopping or checkpoint.due(args, step)):
+            started = time.perf_counter()
+            path = save_checkpoint(
+                directory,
+                step,
+                flatten_state(params, moments, count),
+                {"step": step, "samples_consumed": step * sampler.global_batch},
+            )
+            reporter.emit(
+                {
+                    "event": "checkpoint",
+                    "case": "jax_dp",
+                    "step": step,
+                    "path": str(path),
+                    "save_s": time.perf_counter() - started,
+                }
+            )
+        if stopping and step < args.steps:
+            stopped_early = True
+            print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
+            break
+    reporter.summary(stopped_early=stopped_early)
     if rank_report.enabled:
         rank_report.finish(
             {name: np.asarray(value.addressable_data(0)) for name, value in params.items()}

@@ -12,12 +12,24 @@ Containers: ``container_image`` runs the job's steps in an enroot image through 
 (``srun --container-image``); ``container_bundle`` runs them in an OCI bundle (a directory with
 ``config.json`` and ``rootfs``) through Slurm's own OCI support (``srun --container``, the
 runtime set in ``oci.conf``).
+
+Faults: the script asks Slurm to requeue the job when a node fails (``--requeue``), appends to
+its output across runs (``--open-mode=append``) and, for the cases that checkpoint, has Slurm
+warn the batch shell ``signal_before_end_s`` before the time limit (``--signal=B:USR1@...``):
+its trap signals the job step with SIGTERM (the ranks save after their current step and exit),
+waits for it and requeues the job, which resumes from that checkpoint. Start-up and collectives
+have explicit timeouts (torchrun's rendezvous ``join_timeout``, the cases' ``--dist-timeout``).
+
+Every value that reaches the script is validated or quoted: names, partition, time and paths
+must match the patterns below (a newline or ``;`` in them is an error, not a new shell line);
+environment keys must be shell names and values are quoted; arguments are quoted.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -40,6 +52,21 @@ EFA_ENV = {
 # On GPU instances EFA moves GPU memory directly (GPUDirect RDMA: p4d, p5 and later).
 EFA_GPU_ENV = {"FI_EFA_USE_DEVICE_RDMA": "1"}
 JAX_COORDINATOR_PORT = 12355
+
+# What the values interpolated into a script may look like. Slurm's own syntax is narrower
+# still; these keep shell and #SBATCH lines intact whatever Slurm then accepts.
+_PATTERNS = {
+    "job_name": (r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", "letters, digits, '.', '_', '-'"),
+    "partition": (r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*", "partition names, comma-separated"),
+    # minutes, min:sec, h:min:sec, days-h, days-h:min, days-h:min:sec (sbatch(1) --time)
+    "time": (r"\d+(-\d+)?(:\d+){0,2}|UNLIMITED|INFINITE", "a Slurm time such as 30, 1:00:00, 2-0"),
+    "output_dir": (r"[A-Za-z0-9_./%+-]+", "a path of letters, digits and ._/%+-"),
+    "venv": (r"/[A-Za-z0-9_./+-]*", "an absolute path of letters, digits and ._/+-"),
+    "namespace": (r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "a Kubernetes namespace (DNS label)"),
+}
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A PyTorchJob's name is a Kubernetes object name (DNS-1123 label: lower case, at most 63).
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,12 @@ class WorkloadSpec:
     job_name: str | None = None
     namespace: str = "default"
     rdzv_port: int = 29500
+    # Seconds torchrun's rendezvous (and jax.distributed.initialize) wait for every node to
+    # join, and a collective waits for a peer before the ranks fail.
+    startup_timeout: int = 300
+    collective_timeout: int = 300
+    # Seconds before the time limit that a checkpointing case is told to save and requeue.
+    signal_before_end_s: int = 120
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "case", cases.get(self.case).name)
@@ -80,6 +113,29 @@ class WorkloadSpec:
         object.__setattr__(self, "args", tuple(str(arg) for arg in self.args))
         object.__setattr__(self, "container_mounts", tuple(self.container_mounts))
         object.__setattr__(self, "env", {str(k): str(v) for k, v in self.env.items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        for name, (pattern, meaning) in _PATTERNS.items():
+            value = getattr(self, name)
+            if value is not None and not re.fullmatch(pattern, str(value)):
+                raise ValueError(f"{name} must be {meaning}, not {value!r}")
+        for key, value in self.env.items():
+            if not _ENV_KEY.fullmatch(key):
+                raise ValueError(f"env key {key!r} is not a shell variable name")
+            if any(c in value for c in "\n\r\0"):
+                raise ValueError(f"env value of {key} must be one line without NUL")
+        if not 1 <= self.rdzv_port <= 65535:
+            raise ValueError(f"rdzv_port must be a port number, not {self.rdzv_port}")
+        for name in ("startup_timeout", "collective_timeout", "signal_before_end_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 second")
+        containers = (self.container_image, self.container_bundle, *self.container_mounts)
+        for value in filter(None, containers):
+            if any(c in value for c in "\n\r\0"):
+                raise ValueError(f"container settings must be one line, not {value!r}")
+        if any("\0" in arg for arg in self.args):
+            raise ValueError("arguments must not contain NUL")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> WorkloadSpec:
@@ -104,6 +160,14 @@ class WorkloadSpec:
     def command(self, name: str) -> str:
         return f"{self.venv.rstrip('/')}/bin/{name}" if self.venv else name
 
+    def timeout_arguments(self) -> list[str]:
+        """The case's own timeout flag (training cases): the collective timeout for torch, the
+        initialisation timeout for JAX. Placed before the user's arguments, which win."""
+        if not self.definition.checkpoints:
+            return []
+        seconds = self.startup_timeout if self.case == "jax" else self.collective_timeout
+        return [f"--dist-timeout={seconds}"]
+
     def environment(self) -> dict[str, str]:
         """EFA settings (only with efa) overlaid by the spec's own env."""
         efa = {**EFA_ENV, **(EFA_GPU_ENV if self.gpus_per_node else {})} if self.efa else {}
@@ -117,6 +181,7 @@ def torchrun_arguments(spec: WorkloadSpec, *, nnodes: str, endpoint: str, run_id
         "--rdzv_backend=c10d",
         f"--rdzv_endpoint={endpoint}",
         f"--rdzv_id={run_id}",
+        f"--rdzv_conf=join_timeout={spec.startup_timeout}",
     ]
 
 
@@ -137,7 +202,10 @@ def render_sbatch(spec: WorkloadSpec) -> str:
         directives.append(f"--partition={spec.partition}")
     if spec.time:
         directives.append(f"--time={spec.time}")
-    directives += ["--requeue", f"--output={spec.output_dir.rstrip('/')}/%x-%j.out"]
+    directives += ["--requeue", "--open-mode=append"]
+    if case.checkpoints:
+        directives.append(f"--signal=B:USR1@{spec.signal_before_end_s}")
+    directives.append(f"--output={spec.output_dir.rstrip('/')}/%x-%j.out")
 
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives)]
     lines += ["# Rendered by mlcluster_workloads.launch.", "set -euo pipefail", ""]
@@ -187,8 +255,28 @@ def render_sbatch(spec: WorkloadSpec) -> str:
     program = ["-m", module]
     if spec.case == "jax":
         program.append(f"--coordinator=$head_node:{JAX_COORDINATOR_PORT}")
-    program += [shlex.quote(arg) for arg in spec.args]
-    lines += [" ".join(srun) + " \\", "  " + " ".join(launcher) + " \\", "  " + " ".join(program)]
+    program += [shlex.quote(arg) for arg in [*spec.timeout_arguments(), *spec.args]]
+    step = [" ".join(srun) + " \\", "  " + " ".join(launcher) + " \\", "  " + " ".join(program)]
+    if not case.checkpoints:
+        return "\n".join([*lines, *step]) + "\n"
+    lines += [
+        f"# SIGUSR1 arrives {spec.signal_before_end_s} s before the time limit (--signal): SIGTERM",
+        "# to the step's processes (not to srun, which would SIGKILL them) makes the ranks save",
+        "# after their current step and exit; then the job is requeued and resumes from there.",
+        "save_and_requeue() {",
+        '  echo "mlcluster: time limit near: saving and requeueing job $SLURM_JOB_ID" >&2',
+        '  scancel --signal=TERM "$SLURM_JOB_ID"',
+        '  wait "$step_pid" || true',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "}",
+        "trap save_and_requeue USR1",
+        "",
+        *step[:-1],
+        step[-1] + " &",
+        "step_pid=$!",
+        'wait "$step_pid"',
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +289,11 @@ def pytorchjob(spec: WorkloadSpec) -> dict[str, Any]:
         )
     if not spec.container_image:
         raise ValueError("a PyTorchJob needs container_image")
+    if not _K8S_NAME.fullmatch(spec.name):
+        raise ValueError(
+            f"a PyTorchJob's name must be a DNS-1123 label (lower case, digits, '-', at most "
+            f"63), not {spec.name!r}"
+        )
     resources: dict[str, int] = {}
     if spec.gpus_per_node:
         resources["nvidia.com/gpu"] = spec.gpus_per_node
@@ -221,6 +314,7 @@ def pytorchjob(spec: WorkloadSpec) -> dict[str, Any]:
             ),
             "-m",
             f"mlcluster_workloads.{spec.definition.module}",
+            *spec.timeout_arguments(),
             *spec.args,
         ],
     }

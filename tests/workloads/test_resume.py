@@ -1,0 +1,205 @@
+"""Faults during training: the real entry points of ddp and jax on 2 processes, stopped by a real
+signal part-way (SIGKILL: a lost node, no chance to save; SIGTERM: Slurm's kill on requeue or
+time limit, passed on by torchrun), then started again on the same checkpoint directory. The
+resumed run must continue from the newest complete checkpoint with no step lost or repeated and
+end exactly (bit for bit: single-threaded CPU kernels are deterministic) where an uninterrupted
+run of the same seed ends. (fsdp's resume is proven in test_fsdp.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlcluster_workloads.checkpoint import MARKER, CheckpointDir
+from workload_helpers import (
+    child_env,
+    free_port,
+    json_lines,
+    launch_ranks,
+    only,
+    rank_reports,
+    srun_env,
+    steps,
+    torchrun_env,
+)
+
+STEPS, EVERY = 80, 4
+# Steps of some milliseconds each (a larger MLP than the default), so that the signals, sent when
+# rank 0 has printed a few steps, arrive well before the run's last step.
+DDP = ["-m", "mlcluster_workloads.ddp", "--hidden", "512", "--depth", "3", "--batch-size", "64"]
+JAX = ["-m", "mlcluster_workloads.jax_dp", "--hidden", "512", "--depth", "3", "--batch-size", "64"]
+COMMON = ["--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--keep-checkpoints", "0"]
+
+
+def start(args: list[str], out: Path, *, torchrun: bool, rank_env=torchrun_env):
+    """Start the 2 processes, each in a session of its own (a signal to the session reaches every
+    process in it, as slurmstepd signals every process of a step); rank 0's stdout goes to
+    ``out``."""
+    if torchrun:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        command += ["--nproc_per_node=2", *args]
+        handle = open(out, "w")  # noqa: SIM115  # closed by the caller through the stack
+        process = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+            start_new_session=True,
+        )
+        return [process], [handle]
+    port, processes, handles = free_port(), [], []
+    for rank in range(2):
+        handle = open(out if rank == 0 else os.devnull, "w")  # noqa: SIM115
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, *args],
+                stdout=handle,
+                stderr=subprocess.DEVNULL,
+                env={**child_env(), **rank_env(rank, 2, port)},
+                start_new_session=True,
+            )
+        )
+        handles.append(handle)
+    return processes, handles
+
+
+def interrupt(args, out: Path, *, after_step: int, sig: int, torchrun: bool, rank_env=torchrun_env):
+    """Run until rank 0 has printed step ``after_step``, then send ``sig`` to every process;
+    returns rank 0's JSON lines."""
+    with contextlib.ExitStack() as stack:
+        processes, handles = start(args, out, torchrun=torchrun, rank_env=rank_env)
+        for handle in handles:
+            stack.callback(handle.close)
+        stack.callback(lambda: [p.kill() for p in processes if p.poll() is None])
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            seen = [r["step"] for r in _records(out) if r["event"] == "step"]
+            if seen and seen[-1] >= after_step:
+                break
+            assert processes[0].poll() is None, f"exited {processes[0].returncode} before step"
+            time.sleep(0.005)
+        else:
+            pytest.fail(f"no step {after_step} within 180 s")
+        for process in processes:
+            os.killpg(process.pid, sig)
+        for process in processes:
+            process.wait(timeout=120)
+    return _records(out)
+
+
+def _records(path: Path) -> list[dict]:
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]  # a line being written is not a record yet
+    return json_lines(complete) if complete else []
+
+
+def assert_resumed_exactly(first, second, uninterrupted, directory_steps: list[int], report, full):
+    """``second`` resumed from the newest complete checkpoint of ``first`` and ended where the
+    uninterrupted run ended."""
+    expected = {r["step"]: r["loss"] for r in steps(uninterrupted)}
+    resumed_from = only(second, "resume")["step"]
+    assert resumed_from == directory_steps[-1] > 0
+    assert resumed_from % EVERY == 0 or resumed_from == steps(first)[-1]["step"]
+    resumed = steps(second)
+    # no step lost, none repeated
+    assert [r["step"] for r in resumed] == list(range(resumed_from + 1, STEPS + 1))
+    # bit for bit: same parameters, optimizer state and data position at the resumed step
+    assert {r["step"]: r["loss"] for r in resumed} == {
+        step: loss for step, loss in expected.items() if step > resumed_from
+    }
+    # and the steps the first run did get through agree too
+    assert {r["step"]: r["loss"] for r in steps(first)} == {
+        r["step"]: expected[r["step"]] for r in steps(first)
+    }
+    assert only(second, "summary")["final_loss"] == only(uninterrupted, "summary")["final_loss"]
+    assert only(second, "summary")["resumed_from_step"] == resumed_from
+    assert [r["param_digest"] for r in report] == [r["param_digest"] for r in full]
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ddp-full")
+    report = directory / "report"
+    result = launch_ranks(
+        *DDP, *COMMON, f"--checkpoint-dir={directory}/ckpt", f"--debug-report={report}"
+    )
+    return json_lines(result.stdout), rank_reports(report, 2)
+
+
+def test_ddp_killed_resumes_from_the_newest_complete_checkpoint(ddp_uninterrupted, tmp_path):
+    """SIGKILL, as a node that dies: the steps since the last save are done again, from it."""
+    uninterrupted, full = ddp_uninterrupted
+    args = [*DDP, *COMMON, f"--checkpoint-dir={tmp_path / 'ckpt'}"]
+    first = interrupt(
+        args, tmp_path / "first.out", after_step=10, sig=signal.SIGKILL, torchrun=False
+    )
+    assert not [r for r in first if r["event"] == "summary"]
+    saved = CheckpointDir(tmp_path / "ckpt").complete_steps()
+    assert saved == list(range(EVERY, saved[-1] + 1, EVERY)) and saved[-1] >= 8
+    # a save cut short leaves no directory that looks complete
+    assert all((tmp_path / "ckpt" / f"step-{s:08d}" / MARKER).is_file() for s in saved)
+
+    second = json_lines(launch_ranks(*args, f"--debug-report={tmp_path / 'report'}").stdout)
+    assert_resumed_exactly(
+        first, second, uninterrupted, saved, rank_reports(tmp_path / "report", 2), full
+    )
+
+
+def test_ddp_terminated_under_torchrun_saves_its_last_step_and_resumes(ddp_uninterrupted, tmp_path):
+    """SIGTERM to every process (slurmstepd's kill), through the real torchrun: the ranks agree to
+    stop after the same step, save it, and the next run continues with the step after it."""
+    uninterrupted, full = ddp_uninterrupted
+    args = [*DDP, *COMMON, f"--checkpoint-dir={tmp_path / 'ckpt'}"]
+    first = interrupt(args, tmp_path / "first.out", after_step=6, sig=signal.SIGTERM, torchrun=True)
+    last = steps(first)[-1]["step"]
+    assert only(first, "summary")["stopped_early"] is True
+    assert 6 <= last < STEPS
+    # the stop saved the last step although it is off the cadence (or on it)
+    assert [r["step"] for r in first if r["event"] == "checkpoint"][-1] == last
+    saved = CheckpointDir(tmp_path / "ckpt").complete_steps()
+    assert saved[-1] == last
+
+    second = json_lines(launch_ranks(*args, f"--debug-report={tmp_path / 'report'}").stdout)
+    assert_resumed_exactly(
+        first, second, uninterrupted, saved, rank_reports(tmp_path / "report", 2), full
+    )
+
+
+def test_jax_killed_resumes_from_the_newest_complete_checkpoint(tmp_path):
+    full_dir = tmp_path / "full"
+    uninterrupted_result = launch_ranks(
+        *JAX,
+        *COMMON,
+        f"--checkpoint-dir={full_dir / 'ckpt'}",
+        f"--debug-report={full_dir / 'report'}",
+        rank_env=srun_env,
+    )
+    uninterrupted = json_lines(uninterrupted_result.stdout)
+    full = rank_reports(full_dir / "report", 2)
+
+    args = [*JAX, *COMMON, f"--checkpoint-dir={tmp_path / 'ckpt'}"]
+    first = interrupt(
+        args,
+        tmp_path / "first.out",
+        after_step=10,
+        sig=signal.SIGKILL,
+        torchrun=False,
+        rank_env=srun_env,
+    )
+    assert not [r for r in first if r["event"] == "summary"]
+    saved = CheckpointDir(tmp_path / "ckpt").complete_steps()
+    assert saved == list(range(EVERY, saved[-1] + 1, EVERY)) and saved[-1] >= 8
+
+    second = json_lines(
+        launch_ranks(*args, f"--debug-report={tmp_path / 'report'}", rank_env=srun_env).stdout
+    )
+    assert_resumed_exactly(
+        first, second, uninterrupted, saved, rank_reports(tmp_path / "report", 2), full
+    )
