@@ -12,6 +12,7 @@ APT_PACKAGES=(
   packer                                           # bakes the node image (Debian's 1.6.6)
   openssh-client iproute2 rsync jq git ca-certificates
   python3 python3-venv python3-dev gcc             # the venv
+  prometheus prometheus-alertmanager               # promtool, amtool: the alert rules' tests
 )
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

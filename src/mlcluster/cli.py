@@ -130,6 +130,12 @@ def cmd_validate(args) -> int:
     )
 
 
+def cmd_status(args) -> int:
+    from . import status
+
+    return status.run_status(Path(args.inventory), prometheus=args.prometheus, as_json=args.json)
+
+
 def cmd_run(args) -> int:
     from . import workload_run
     from .inputs import check_report_path
@@ -237,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="drain compute nodes with a failed check in Slurm, the check as the reason",
     )
     validate.set_defaults(func=cmd_validate)
+
+    status = sub.add_parser("status", help="the cluster at a glance, from its Prometheus")
+    status.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
+    status.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus to ask (default: the inventory's monitoring or slurm_controller host, "
+        "port prometheus_port or 9090)",
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=cmd_status)
 
     from mlcluster_workloads import cases
 
