@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from dist_worker import FSDP, STEP
+from dist_worker import FSDP, STEP, fsdp_config
 from mlcluster_workloads import dist, fsdp
 from mlcluster_workloads.checkpoint import MARKER
 from mlcluster_workloads.data import SyntheticTokens, write_token_file
 from mlcluster_workloads.llama import CONFIGS, Transformer
 from workload_helpers import (
+    WORKER,
     assert_disjoint_blocks_of_the_global_batch,
     assert_loss_is_the_global_mean,
     assert_parameters_synchronised,
@@ -252,3 +253,109 @@ def test_learning_rate_warmup():
         1.0,
     ]
     assert fsdp.learning_rate(1, peak=0.1, warmup_steps=0) == 0.1
+
+
+# 2-D parallelism: 4 ranks as 2 data-parallel groups of 2 tensor-parallel ranks (--tp 2).
+TP, TP_WORLD = 2, 4
+
+
+@pytest.fixture(scope="module")
+def tp_steps(tmp_path_factory):
+    """One step of dist_worker.py on the ("dp", "tp") mesh, tied embeddings."""
+    out = tmp_path_factory.mktemp("tp-steps")
+    launch_ranks(str(WORKER), str(out), str(TP), nproc=TP_WORLD)
+    return [
+        torch.load(out / f"fsdp-tp{TP}-rank{r}.pt", weights_only=False) for r in range(TP_WORLD)
+    ]
+
+
+def test_tensor_parallel_gradients_equal_a_single_process_step(tp_steps):
+    # ranks 0, 1 form data-parallel rank 0 and read its block; ranks 2, 3 the other block
+    indices = [r["indices"].tolist() for r in tp_steps]
+    first_block = list(range(STEP * 2 * FSDP["batch"], STEP * 2 * FSDP["batch"] + FSDP["batch"]))
+    second_block = [i + FSDP["batch"] for i in first_block]
+    assert indices == [first_block, first_block, second_block, second_block]
+
+    config = fsdp_config(TP)
+    assert config.tie_embeddings
+    reference = Transformer(config)
+    reference.init_weights(FSDP["seed"])
+    source = SyntheticTokens(config.vocab_size, FSDP["seq_len"], seed=FSDP["seed"])
+    tokens = torch.from_numpy(source.batch(np.array(first_block + second_block)))
+    loss = fsdp.loss_and_backward(reference, tokens[:, :-1], tokens[:, 1:])
+    # the two ranks of a tensor-parallel group compute the same loss, on their block
+    assert tp_steps[0]["loss"] == tp_steps[1]["loss"]
+    assert tp_steps[2]["loss"] == tp_steps[3]["loss"]
+    assert (tp_steps[0]["loss"] + tp_steps[2]["loss"]) / 2 == pytest.approx(loss.item(), rel=1e-6)
+    names = [name for name, _ in reference.named_parameters()]
+    assert "output.weight" not in names  # still tied: one parameter
+    for rank in tp_steps:
+        assert list(rank["initial"]) == list(rank["grads"]) == names
+        for name, param in reference.named_parameters():
+            torch.testing.assert_close(rank["initial"][name], param.detach(), rtol=0, atol=0)
+            torch.testing.assert_close(rank["grads"][name], param.grad, msg=name)
+
+
+@pytest.fixture(scope="module")
+def sgd_tensor_parallel(tmp_path_factory):
+    report = tmp_path_factory.mktemp("fsdp-tp")
+    result = launch_ranks(
+        *SGD_RUN,
+        f"--batch-size={SGD_LOCAL_BATCH}",
+        f"--tp={TP}",
+        f"--peak-tflops={PEAK_TFLOPS}",
+        f"--debug-report={report}",
+        nproc=TP_WORLD,
+    )
+    return json_lines(result.stdout), rank_reports(report, TP_WORLD)
+
+
+def test_entry_point_tensor_parallel_groups_share_data_parallel_groups_split_it(
+    sgd_tensor_parallel, sgd_alone
+):
+    ranks, alone = sgd_tensor_parallel[1], sgd_alone[1]
+    for step in range(SGD_STEPS):
+        blocks = [rank["steps"][step]["indices"] for rank in ranks]
+        assert blocks[0] == blocks[1] and blocks[2] == blocks[3], f"step {step + 1}"
+        assert len(blocks[0]) == SGD_LOCAL_BATCH and set(blocks[0]).isdisjoint(blocks[2])
+        assert blocks[0] + blocks[2] == alone["steps"][step]["indices"], f"step {step + 1}"
+
+
+def test_entry_point_tensor_parallel_parameters_equal_one_process(sgd_tensor_parallel, sgd_alone):
+    assert_parameters_synchronised(
+        sgd_tensor_parallel[1], sgd_alone[1], names=TINY_PARAMETERS, rtol=1e-4, atol=1e-5
+    )
+    records, ranks = sgd_tensor_parallel
+    reported = [r["loss"] for r in steps(records)]
+    np.testing.assert_allclose(reported, [r["loss"] for r in steps(sgd_alone[0])], rtol=1e-5)
+    for step, loss in enumerate(reported):
+        local = [rank["steps"][step]["local_loss"] for rank in ranks]
+        assert local[0] == local[1] and local[2] == local[3]
+        assert loss == pytest.approx((local[0] + local[2]) / 2, rel=1e-6)
+
+
+def test_entry_point_tensor_parallel_flops_are_per_device_of_all_ranks(sgd_tensor_parallel):
+    records, _ = sgd_tensor_parallel
+    summary = only(records, "summary")
+    assert (summary["world_size"], summary["dp"], summary["tp"]) == (4, 2, 2)
+    assert summary["global_batch"] == 2 * SGD_LOCAL_BATCH  # dp x the per-rank batch
+    assert_rates_are_the_flops_over_the_step_time(
+        records,
+        flops_per_sample=TINY_FLOPS_PER_SAMPLE,
+        global_batch=2 * SGD_LOCAL_BATCH,
+        world_size=TP_WORLD,
+        peak_tflops=PEAK_TFLOPS,
+    )
+
+
+def test_tensor_parallel_degree_must_divide_the_world_and_the_model():
+    with pytest.raises(SystemExit, match=r"^--tp 3 must divide the world size 4$"):
+        fsdp.make_mesh("cpu", 4, 3)
+    with pytest.raises(
+        SystemExit,
+        match=r"^--tp 3 must divide n_heads 8, n_kv_heads 4, vocab_size 512, seq_len 32$",
+    ):
+        fsdp.check_tensor_parallel(CONFIGS["tiny"], 3, 32)
+    with pytest.raises(SystemExit, match=r"^--tp 8 must divide n_kv_heads 4$"):
+        fsdp.check_tensor_parallel(CONFIGS["tiny"], 8, 64)
+    fsdp.check_tensor_parallel(CONFIGS["tiny"], 4, 64)  # heads, kv heads, ffn, vocab, tokens

@@ -9,6 +9,11 @@ and gradients reduce in fp32 (MixedPrecisionPolicy); on CPU everything is fp32. 
 its own block of every global batch, from a synthetic token stream or a token file (data.py).
 With ``--checkpoint-dir`` the run saves every ``--checkpoint-every`` steps (and when SIGTERM or
 SIGUSR1 asks it to stop) and resumes from the newest complete checkpoint there (checkpoint.py).
+
+``--tp N`` adds tensor parallelism: a 2-D DeviceMesh ("dp", "tp") of world/N data-parallel
+groups of N consecutive ranks (one node's GPUs). Within a group the blocks' projections are split
+Megatron-style with sequence parallelism (``apply_tensor_parallel``) and every rank reads the same
+samples; FSDP2 shards the resulting DTensors over the "dp" dimension.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from mlcluster_workloads import checkpoint, dist, metrics
 from mlcluster_workloads.checkpoint import Checkpointer
@@ -38,6 +51,78 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[requested]
 
 
+def make_mesh(device_type: str, world_size: int, tp: int = 1) -> DeviceMesh:
+    """("dp",) over all ranks, or, with ``tp`` > 1, ("dp", "tp"): world_size / tp data-parallel
+    groups of ``tp`` consecutive ranks (ranks 0..tp-1 form the first tensor-parallel group)."""
+    if tp < 1 or world_size % tp:
+        raise SystemExit(f"--tp {tp} must divide the world size {world_size}")
+    if tp == 1:
+        return init_device_mesh(device_type, (world_size,), mesh_dim_names=("dp",))
+    return init_device_mesh(device_type, (world_size // tp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def check_tensor_parallel(config: LlamaConfig, tp: int, seq_len: int) -> None:
+    """Everything ``apply_tensor_parallel`` splits into ``tp`` equal parts must divide by it."""
+    splits = {
+        "n_heads": config.n_heads,
+        "n_kv_heads": config.n_kv_heads,
+        "ffn_dim": config.ffn_dim,
+        "vocab_size": config.vocab_size,
+        "seq_len": seq_len,  # sequence parallelism splits the tokens between the blocks
+    }
+    bad = [f"{name} {value}" for name, value in splits.items() if value % tp]
+    if bad:
+        raise SystemExit(f"--tp {tp} must divide {', '.join(bad)}")
+
+
+def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
+    """Megatron-style tensor parallelism with sequence parallelism, laid out as torchtitan does
+    for Llama (on the meta device, before FSDP):
+
+    - ``wq``/``wk``/``wv`` and ``w1``/``w3`` column-wise (each rank computes a slice of the
+      heads / hidden units), ``wo`` and ``w2`` row-wise, their partial sums reduce-scattered
+      over the sequence;
+    - between the blocks the residual stream is split over the sequence (``Shard(1)``): the
+      RMSNorms run on each rank's tokens, the attention and MLP inputs are all-gathered;
+    - the embedding is split over the vocabulary rows, the output head column-wise over the
+      vocabulary, its logits all-gathered (``Replicate``), so every rank computes the same loss.
+    """
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+        },
+    )
+    if model.config.tie_embeddings:  # each style distributed its own copy: tie them again
+        model.output.weight = model.tok_embeddings.weight
+    for block in model.layers:
+        parallelize_module(
+            block,
+            tp_mesh,
+            {
+                "attention_norm": SequenceParallel(),
+                "attention": PrepareModuleInput(
+                    input_layouts=(Shard(1), None, None),  # x, rope cos, rope sin
+                    desired_input_layouts=(Replicate(), None, None),
+                ),
+                "attention.wq": ColwiseParallel(),
+                "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(),
+                "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+                "ffn_norm": SequenceParallel(),
+                "feed_forward": PrepareModuleInput(
+                    input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)
+                ),
+                "feed_forward.w1": ColwiseParallel(),
+                "feed_forward.w3": ColwiseParallel(),
+                "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            },
+        )
+
+
 def build_model(
     config: LlamaConfig,
     mesh: DeviceMesh,
@@ -48,9 +133,13 @@ def build_model(
     compile_blocks: bool = False,
     reshard_after_forward: bool = True,
 ) -> Transformer:
-    """Meta-device construction, per-block then root sharding, materialisation, initialisation."""
+    """Meta-device construction, tensor parallelism when ``mesh`` is ("dp", "tp"), per-block then
+    root sharding over "dp", materialisation, initialisation."""
     with torch.device("meta"):
         model = Transformer(config)
+    if mesh.mesh_dim_names == ("dp", "tp"):
+        apply_tensor_parallel(model, mesh["tp"])
+        mesh = mesh["dp"]
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for block in model.layers:
         block.activation_checkpointing = activation_checkpointing
@@ -126,6 +215,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep blocks gathered between forward and backward (ZeRO-2-like, more memory)",
     )
+    parser.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="tensor-parallel degree: groups of this many consecutive ranks split each layer "
+        "and read the same data; data-parallel degree = world size / tp",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-file", help="flat little-endian token-id file; default synthetic")
     parser.add_argument("--data-dtype", choices=sorted(TOKEN_DTYPES), default="uint16")
@@ -149,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None:
     config = dataclasses.replace(CONFIGS[args.config], max_seq_len=args.seq_len)
     param_dtype = resolve_dtype(args.dtype, ctx.device)
-    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,), mesh_dim_names=("dp",))
+    mesh = make_mesh(ctx.device.type, ctx.world_size, args.tp)
+    if args.tp > 1:
+        check_tensor_parallel(config, args.tp, args.seq_len)
+    dp_mesh = mesh["dp"]  # the ranks of one tensor-parallel group share a data-parallel rank
     model = build_model(
         config,
         mesh,
@@ -172,8 +271,8 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
     sampler = ShardedSampler(
         source.num_windows,
         args.batch_size,
-        ctx.rank,
-        ctx.world_size,
+        dp_mesh.get_local_rank(),
+        dp_mesh.size(),
         seed=args.seed,
         shuffle=args.shuffle,
     )
@@ -225,6 +324,8 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
             "activation_checkpointing": args.activation_checkpointing,
             "compile": args.compile,
             "backend": ctx.backend,
+            "dp": dp_mesh.size(),
+            "tp": args.tp,
             "resumed_from_step": start_step or None,
         },
     )
