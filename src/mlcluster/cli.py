@@ -149,6 +149,7 @@ def cmd_run(args) -> int:
         gpus_per_node=args.gpus_per_node,
         partition=args.partition,
         container=args.container,
+        timeout_min=args.timeout,
     )
 
 
@@ -272,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE|BUNDLE",
         help="run in a container: an absolute path is an OCI bundle on the nodes (Slurm's "
         "oci.conf runtime), anything else an image for pyxis/enroot",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        metavar="MIN",
+        help="cancel the job and exit 1 if it has not ended after MIN minutes, pending and "
+        "requeued time included (default 60)",
     )
     run.add_argument("--report", help="write the metrics summary as JSON to this file")
     run.epilog = (

@@ -10,3 +10,9 @@ class MlclusterError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class Unreachable(MlclusterError):
+    """A host that did not answer over SSH: exit status 3, as a deploy's unreachable host."""
+
+    exit_code = 3

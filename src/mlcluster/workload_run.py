@@ -1,9 +1,11 @@
 """`mlcluster run CASE`: install the test cases, submit one through Slurm, follow it, summarise.
 
 The batch script is rendered by ``mlcluster_workloads.launch`` (the same renderer users call),
-submitted with ``sbatch`` on the first Slurm controller over SSH, followed through ``squeue``
-and the job's output on the shared filesystem, and judged from ``sacct`` and the metrics lines
-the case prints (one JSON object per step, a summary at the end).
+written on the first Slurm controller by the job user under a random name (``mktemp``: a new
+file, so no planted link is followed) and submitted with ``sbatch`` as that user over SSH; the
+job is followed (``mlcluster.jobfollow``: pending reasons, requeues, a deadline) together with
+its output on the shared filesystem, and judged from its final state and the metrics lines the
+case prints (one JSON object per step, a summary at the end). Ctrl-C cancels the job.
 """
 
 from __future__ import annotations
@@ -23,9 +25,18 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .errors import MlclusterError
-from .paths import venv_bin
-from .runner import EXIT_FAILED, EXIT_OK, check_inventory, run_playbook
+from .errors import MlclusterError, Unreachable
+from .inputs import inventory_data
+from .jobfollow import (
+    JobFollower,
+    JobStatus,
+    describe,
+    failure_reason,
+    parse_sacct,
+    parse_scontrol,
+    previous_run_end,
+)
+from .runner import EXIT_CANCELED, EXIT_FAILED, EXIT_OK, check_inventory, run_playbook
 
 try:
     from mlcluster_workloads import cases
@@ -36,6 +47,14 @@ except ImportError as exc:  # pragma: no cover - scripts/setup.sh installs it in
     ) from exc
 
 WORKLOADS_ROOT = "/fsx/mlcluster"
+JOBS_DIR = f"{WORKLOADS_ROOT}/jobs"
+# The user the workloads role installs the cases for; jobs run as this user.
+JOB_USER = "mluser"
+POLL_S = 2
+# How long the controller may be unreachable (or slurmctld not answer) while a job is followed
+# before `mlcluster run` gives up following it.
+GRACE_S = 60
+DEFAULT_TIMEOUT_MIN = 60
 # Cases that checkpoint write here by default (one directory per job name, so a requeued job
 # resumes from its own checkpoints); the workloads role creates it for the workloads user.
 CHECKPOINT_ROOT = f"{WORKLOADS_ROOT}/checkpoints"
@@ -43,17 +62,10 @@ EXIT_BAD_INPUT = MlclusterError.exit_code
 # Bandwidth cases report per-size rows and a summary of their own.
 STEP_EVENTS = {"step", "allreduce"}
 SUMMARY_EVENTS = {"summary", "allreduce_summary"}
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
+
+
+class SlurmUnavailable(MlclusterError):
+    """slurmctld did not answer (restarting, say): worth asking again while a job is followed."""
 
 
 @dataclass
@@ -66,32 +78,37 @@ class Target:
     ssh_args: list[str]
 
     def run(self, command: str, input_text: str | None = None, timeout: float = 120):
-        proc = subprocess.run(
-            ["ssh", *self.ssh_args, f"{self.user}@{self.address}", command],
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                ["ssh", *self.ssh_args, f"{self.user}@{self.address}", command],
+                input=input_text,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise Unreachable(
+                f"controller {self.host} ({self.address}) did not answer over SSH within "
+                f"{timeout:.0f} s (running: {command.split()[0]})"
+            ) from exc
         if proc.returncode == 255:
-            raise MlclusterError(
+            raise Unreachable(
                 f"controller {self.host} ({self.address}) unreachable over SSH: "
-                f"{proc.stderr.strip()}"
+                f"{' '.join(proc.stderr.split())}"
             )
         return proc
 
 
+def as_job_user(target: Target) -> str:
+    """The prefix that runs a command as the job user (runuser as root, sudo otherwise)."""
+    if target.user == "root":
+        return f"runuser -u {JOB_USER} --"
+    return f"sudo -n -u {JOB_USER} --"
+
+
 def controller_target(inventory: Path) -> Target:
-    proc = subprocess.run(
-        [str(venv_bin() / "ansible-inventory"), "-i", str(inventory), "--list"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise MlclusterError(f"cannot read inventory {inventory}: {proc.stderr.strip()}")
-    data = json.loads(proc.stdout)
+    data = inventory_data(inventory)
     hosts = (data.get("slurm_controller") or {}).get("hosts") or []
     if not hosts:
         raise MlclusterError(f"inventory {inventory} has no host in group slurm_controller")
@@ -301,6 +318,125 @@ def summary_table(
     return table
 
 
+def upload_script(target: Target, job_name: str, script: str) -> str:
+    """Write the batch script on the controller as the job user and return its path.
+
+    ``mktemp`` creates a new file (O_EXCL: a link planted under the name is not followed) with
+    a random name, mode 0600, owned by the job user; nothing in the job user's directory is
+    ever opened or changed by root.
+    """
+    create = 'umask 077 && f=$(mktemp --suffix=.sbatch "$1".XXXXXXXX) && cat > "$f" && echo "$f"'
+    prefix = f"{JOBS_DIR}/{job_name}"
+    upload = target.run(
+        f"{as_job_user(target)} sh -c {shlex.quote(create)} sh {shlex.quote(prefix)}",
+        input_text=script,
+    )
+    path = upload.stdout.strip()
+    if upload.returncode != 0 or not re.fullmatch(
+        re.escape(prefix) + r"\.[A-Za-z0-9]{8}\.sbatch", path
+    ):
+        raise MlclusterError(
+            f"cannot write the batch script in {JOBS_DIR} on {target.host} as {JOB_USER}: "
+            f"{' '.join(upload.stderr.split()) or path or 'no path printed'}"
+        )
+    return path
+
+
+def submit(target: Target, script_path: str) -> str:
+    proc = target.run(
+        f"cd {JOBS_DIR} && {as_job_user(target)} sbatch --parsable {shlex.quote(script_path)}"
+    )
+    if proc.returncode != 0:
+        raise MlclusterError(f"sbatch failed on {target.host}: {proc.stderr.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def poll_job(target: Target, job_id: str) -> JobStatus | None:
+    """The job from slurmctld while it holds the job, then from accounting."""
+    proc = target.run(f"scontrol -o show job {job_id}")
+    if proc.returncode == 0 and proc.stdout.strip():
+        return parse_scontrol(proc.stdout)
+    if "Invalid job id" not in proc.stderr:
+        raise SlurmUnavailable(
+            f"scontrol failed on {target.host}: {' '.join(proc.stderr.split()) or 'no output'}"
+        )
+    acct = target.run(f"sacct -n -X -P -j {job_id} -o State,NodeList")
+    return parse_sacct(acct.stdout) if acct.returncode == 0 else None
+
+
+class DeadlineReached(Exception):
+    pass
+
+
+def follow_job(
+    target: Target,
+    job_id: str,
+    output_path: str,
+    console: Console,
+    timeout_s: float,
+    follower: JobFollower,
+) -> tuple[JobStatus | None, str]:
+    """Poll the job and its output until it has ended: a live line (state, pending reason,
+    step, loss), a printed line for each change of state and each requeue. Raises
+    DeadlineReached after ``timeout_s``, Unreachable after GRACE_S without an answer."""
+    started = time.monotonic()
+    status, output, trouble_since, trouble = None, "", None, ""
+    with Live(Text(""), console=console, transient=True, refresh_per_second=2) as live:
+        while True:
+            ended_as = ""
+            try:
+                seen = poll_job(target, job_id)
+                if seen is not None and follower.restarted(seen) and not follower.requeued_after:
+                    # Slurm requeued the job between two looks: accounting says why.
+                    ended_as = previous_run_end(
+                        target.run(f"sacct -D -n -X -P -j {job_id} -o State").stdout
+                    )
+                status = seen or status
+                read = target.run(f"cat {output_path} 2>/dev/null")
+                if read.returncode == 0:
+                    output = read.stdout
+                trouble_since, trouble = None, ""
+            except (Unreachable, SlurmUnavailable) as exc:
+                trouble_since = trouble_since or time.monotonic()
+                if time.monotonic() - trouble_since >= GRACE_S:
+                    raise Unreachable(
+                        f"{exc}; gave up following job {job_id} after {GRACE_S} s of this (it "
+                        f"may still be running: `squeue -j {job_id}` on {target.host})"
+                    ) from exc
+                trouble = f"  ({exc}; retrying)"
+            for line in follower.observe(status, ended_as) if status else []:
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
+            if status is not None and status.finished:
+                return status, output
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout_s:
+                raise DeadlineReached
+            steps, _ = parse_metrics(output)
+            last = steps[-1] if steps else {}
+            live.update(
+                Text(
+                    f"job {job_id} {describe(status) if status else 'submitted'}  "
+                    f"elapsed {elapsed:4.0f} s  step {last.get('step', '-')}  "
+                    f"loss {last.get('loss', '-')}{trouble}"
+                )
+            )
+            time.sleep(POLL_S)
+
+
+def cancel(target: Target, job_id: str) -> str:
+    """scancel the job; what happened, in words."""
+    try:
+        proc = target.run(f"scancel {job_id}", timeout=30)
+    except Unreachable as exc:
+        return f"could not cancel job {job_id} ({exc}): run `scancel {job_id}` on {target.host}"
+    if proc.returncode != 0:
+        return (
+            f"could not cancel job {job_id} ({' '.join(proc.stderr.split())}): run "
+            f"`scancel {job_id}` on {target.host}"
+        )
+    return f"job {job_id} cancelled (scancel on {target.host})"
+
+
 def run_case(
     case: str,
     inventory: Path,
@@ -312,6 +448,7 @@ def run_case(
     gpus_per_node: int | None = None,
     partition: str | None = None,
     container: str | None = None,
+    timeout_min: float = DEFAULT_TIMEOUT_MIN,
 ) -> int:
     from .display import ProgressDisplay, print_summary
 
@@ -321,11 +458,18 @@ def run_case(
         raise MlclusterError("--nodes must be at least 1", EXIT_BAD_INPUT)
     if gpus_per_node is not None and gpus_per_node < 0:
         raise MlclusterError("--gpus-per-node must be 0 or more", EXIT_BAD_INPUT)
+    if not timeout_min > 0:
+        raise MlclusterError("--timeout must be more than 0 minutes", EXIT_BAD_INPUT)
     definition = cases.get(case)
     install = run_playbook("playbooks/workloads.yml", inv, display=ProgressDisplay())
+    if install.exit_code == EXIT_CANCELED:
+        return EXIT_CANCELED
     if install.exit_code != EXIT_OK:
         print_summary(install)
-        raise MlclusterError("installing the test cases failed (see above)", exit_code=EXIT_FAILED)
+        # 3 when the controller was unreachable, as for a deploy
+        raise MlclusterError(
+            "installing the test cases failed (see above)", exit_code=install.exit_code
+        )
     target = controller_target(inv)
     if gpus_per_node is None:
         gpus_per_node = partition_gpus(target, partition)
@@ -348,47 +492,40 @@ def run_case(
         partition=partition,
         container=container,
     )
-    script_path = f"{WORKLOADS_ROOT}/jobs/{job_name}.sbatch"
-    upload = target.run(f"cat > {script_path} && chown mluser: {script_path}", input_text=script)
-    if upload.returncode != 0:
-        raise MlclusterError(f"cannot write {script_path} on {target.host}: {upload.stderr}")
-    submit = target.run(
-        f"cd {WORKLOADS_ROOT}/jobs && su mluser -c 'sbatch --parsable {script_path}'"
-    )
-    if submit.returncode != 0:
-        raise MlclusterError(f"sbatch failed on {target.host}: {submit.stderr.strip()}")
-    job_id = submit.stdout.strip().split(";")[0]
-    output_path = f"{WORKLOADS_ROOT}/jobs/{job_name}-{job_id}.out"
+    job_id = submit(target, upload_script(target, job_name, script))
+    output_path = f"{JOBS_DIR}/{job_name}-{job_id}.out"
     console.print(
         f"submitted {case} as job {job_id} on {nodes} node(s), {gpus_per_node} GPU(s) each"
         f"{', in ' + container if container else ''}; output {output_path}",
         highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
 
-    state, output, started = "PENDING", "", time.monotonic()
-    with Live(Text(""), console=console, transient=True, refresh_per_second=2) as live:
-        while True:
-            state = job_state(target, job_id) or state
-            output = target.run(f"cat {output_path} 2>/dev/null").stdout
-            steps, _ = parse_metrics(output)
-            last = steps[-1] if steps else {}
-            live.update(
-                Text(
-                    f"job {job_id} {state}  elapsed {time.monotonic() - started:4.0f} s  "
-                    f"step {last.get('step', '-')}  loss {last.get('loss', '-')}"
-                )
-            )
-            if state in TERMINAL:
-                break
-            time.sleep(2)
+    follower = JobFollower(job_id)
+    ended = ""
+    try:
+        status, output = follow_job(
+            target, job_id, output_path, console, timeout_min * 60, follower
+        )
+        state = status.state if status else "UNKNOWN"
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: {cancel(target, job_id)}", markup=False, highlight=False, soft_wrap=True
+        )
+        return EXIT_CANCELED
+    except DeadlineReached:
+        ended = f"not finished within --timeout {timeout_min:g} min: {cancel(target, job_id)}"
+        state = follower.last.state if follower.last else "UNKNOWN"
+        output = target.run(f"cat {output_path} 2>/dev/null").stdout
     steps, summary = parse_metrics(output)
     console.print(summary_table(case, job_id, state, steps, summary))
-    ok = state == "COMPLETED" and summary is not None
-    reason = None if ok else failure_reason(output)
+    ok = state == "COMPLETED" and summary is not None and not ended
+    reason = None if ok else (ended or failure_reason(output))
     if not ok:
         tail = "\n".join(output.strip().splitlines()[-20:])
         console.print(
-            f"[red]job {job_id} ended {state}[/red]"
+            f"[red]job {job_id} ended {escape(state)}[/red]"
             + (f": {escape(reason)}" if reason else "")
             + f"\nlast output lines:\n{escape(tail)}",
             highlight=False,
@@ -403,6 +540,8 @@ def run_case(
                     "job_id": job_id,
                     "state": state,
                     "reason": reason,
+                    "requeues": follower.requeues,
+                    "events": follower.history,
                     "nodes": nodes,
                     "gpus_per_node": gpus_per_node,
                     "partition": partition,
@@ -417,30 +556,6 @@ def run_case(
             + "\n"
         )
     return EXIT_OK if ok else EXIT_FAILED
-
-
-_REASON = re.compile(r"(: error: |^\w*(Error|Exception): |^srun: error: |^slurmstepd: error: )")
-
-
-def failure_reason(output: str) -> str | None:
-    """The first line of a failed job's output that says why: an argparse error, a Python
-    exception's message, or an srun/slurmstepd error."""
-    for line in output.splitlines():
-        line = line.strip()
-        if _REASON.search(line):
-            return line
-    return None
-
-
-def job_state(target: Target, job_id: str) -> str | None:
-    """The job's state from squeue while it is queued or running, then from sacct."""
-    queued = target.run(f"squeue -h -j {job_id} -o %T 2>/dev/null").stdout.strip()
-    if queued:
-        return queued.split()[0]
-    acct = target.run(f"sacct -n -X -P -j {job_id} -o State 2>/dev/null").stdout.strip()
-    if acct:
-        return acct.splitlines()[0].split()[0]
-    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -239,6 +239,7 @@ def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
         "gpus_per_node": None,
         "partition": None,
         "container": None,
+        "timeout_min": 60,
     }
 
 
