@@ -25,6 +25,7 @@ import argparse
 import ast
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -311,8 +312,21 @@ def make_copy(workdir: Path) -> Path:
     return tree
 
 
-def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tuple[str, float, str]:
-    """killed, survived or timeout, the seconds it took, and the failing run's output."""
+# Each test process (and what it starts) may hold this much heap: a mutant that loops while
+# allocating (a sweep whose bound no longer stops it) fails with MemoryError instead of taking
+# the shared machine's memory.
+MEMORY_LIMIT = 6 * 2**30
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_tests(
+    tree: Path, stages: list[list[str]], limits: list[float] | None
+) -> tuple[str, list[float], str]:
+    """killed, survived or timeout, the seconds each stage that ran took, and the failing
+    run's output. ``limits``: each stage's time limit (none for the baseline)."""
     env = {
         **os.environ,
         # The copy's packages and plugins shadow the checkout's editable installs.
@@ -323,26 +337,42 @@ def run_tests(tree: Path, stages: list[list[str]], timeout: float | None) -> tup
         # replaced by the last one's cached bytecode.
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    started = time.monotonic()
-    for stage in stages:
+    durations: list[float] = []
+    for number, stage in enumerate(stages):
         command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", "-q"]
         command += ["--no-header", "-o", "addopts=", *stage]
-        left = None if timeout is None else max(1.0, timeout - (time.monotonic() - started))
+        started = time.monotonic()
+        # A session of its own, so that a timeout also stops the ranks the tests started.
+        proc = subprocess.Popen(
+            command,
+            cwd=tree,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_limit_memory,
+        )
         try:
-            proc = subprocess.run(
-                command, cwd=tree, env=env, capture_output=True, text=True, timeout=left
-            )
+            stdout, stderr = proc.communicate(timeout=limits[number] if limits else None)
         except subprocess.TimeoutExpired:
-            return "timeout", time.monotonic() - started, ""
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            durations.append(time.monotonic() - started)
+            return "timeout", durations, ""
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        durations.append(time.monotonic() - started)
         if proc.returncode == 1:
-            return "killed", time.monotonic() - started, proc.stdout[-3000:]
+            return "killed", durations, stdout[-3000:]
         if proc.returncode != 0:
             # 2-5: interrupted, internal error, usage error, no tests: the run itself is broken.
             raise RuntimeError(
                 f"pytest {' '.join(stage)} exited {proc.returncode}:\n"
-                f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+                f"{stdout[-3000:]}{stderr[-3000:]}"
             )
-    return "survived", time.monotonic() - started, ""
+    return "survived", durations, ""
 
 
 def run_target(
@@ -357,8 +387,15 @@ def run_target(
     outcome, baseline, output = run_tests(tree, stages, None)
     if outcome != "survived":
         raise RuntimeError(f"{name}: the tests fail without any mutant; fix them first:\n{output}")
-    timeout = baseline * 3 + 10
-    print(f"== {name}: {module}, {len(points)} mutants, tests {baseline:.1f} s", flush=True)
+    # Each stage gets three times its own baseline: a mutant that loops in the fast stage is
+    # stopped after seconds, not after the slow stage's minutes.
+    limits = [seconds * 3 + 10 for seconds in baseline]
+    print(
+        f"== {name}: {module}, {len(points)} mutants, tests "
+        + " + ".join(f"{seconds:.1f}" for seconds in baseline)
+        + " s",
+        flush=True,
+    )
     mutants = []
     try:
         for number, (index, variant, line, description) in enumerate(points, 1):
@@ -367,11 +404,13 @@ def run_target(
             mutant = Mutant(number, line, description)
             mutant.source = original.splitlines()[line - 1].strip() if line else ""
             path.write_text(mutate(original, index, variant))
-            mutant.outcome, mutant.seconds, _output = run_tests(tree, stages, timeout)
+            mutant.outcome, durations, _output = run_tests(tree, stages, limits)
             if mutant.outcome == "timeout":
                 # On a shared machine a load spike can slow the tests past the limit: only a
                 # mutant that runs over it again, with five times the room, counts as looping.
-                mutant.outcome, mutant.seconds, _output = run_tests(tree, stages, timeout * 5)
+                longer = [limit * 5 for limit in limits]
+                mutant.outcome, durations, _output = run_tests(tree, stages, longer)
+            mutant.seconds = sum(durations)
             mutants.append(mutant)
             if verbose or mutant.outcome == "survived":
                 print(
