@@ -3,7 +3,9 @@ signal part-way (SIGKILL: a lost node, no chance to save; SIGTERM: Slurm's kill 
 time limit, passed on by torchrun), then started again on the same checkpoint directory. The
 resumed run must continue from the newest complete checkpoint with no step lost or repeated and
 end exactly (bit for bit: single-threaded CPU kernels are deterministic) where an uninterrupted
-run of the same seed ends. (fsdp's resume is proven in test_fsdp.py.)
+run of the same seed ends. (fsdp's resume is proven in test_fsdp.py.) The last test runs the
+batch script launch.py renders, and its time-limit trap, with stand-ins for srun, scancel and
+scontrol.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from mlcluster_workloads.checkpoint import MARKER, CheckpointDir
+from mlcluster_workloads.launch import WorkloadSpec, render_sbatch
 from workload_helpers import (
     child_env,
     free_port,
@@ -203,3 +206,110 @@ def test_jax_killed_resumes_from_the_newest_complete_checkpoint(tmp_path):
     assert_resumed_exactly(
         first, second, uninterrupted, saved, rank_reports(tmp_path / "report", 2), full
     )
+
+
+# The batch script as launch.py renders it, run by bash on this machine, with stand-ins for the
+# three Slurm commands it calls: srun runs the step's command in a session of its own, scancel
+# --signal=TERM signals every process of that session (slurmstepd signals every process of the
+# step), scontrol answers `show hostnames` and records the requeue.
+SRUN = """#!/bin/bash
+while [[ $1 == --* ]]; do shift; done
+setsid "$@" &
+echo $! > "$RECORD/step.pgid"
+wait $!
+"""
+SCANCEL = """#!/bin/bash
+echo "scancel $*" >> "$RECORD/calls"
+[ "$1" = --signal=TERM ] && kill -TERM -- "-$(cat "$RECORD/step.pgid")"
+exit 0
+"""
+SCONTROL = """#!/bin/bash
+if [ "$1" = show ]; then echo localhost; exit 0; fi
+echo "scontrol $*" >> "$RECORD/calls"
+"""
+
+
+def test_batch_script_saves_and_requeues_on_the_time_limit_signal(ddp_uninterrupted, tmp_path):
+    """SIGUSR1 to the batch shell (what --signal=B:USR1@120 sends before the time limit): the
+    trap signals the step, the ranks save after their current step, the job is requeued; the
+    script run again (the requeued job) resumes there and ends as the uninterrupted run."""
+    uninterrupted, full = ddp_uninterrupted
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    for name, text in (("srun", SRUN), ("scancel", SCANCEL), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    spec = WorkloadSpec(
+        case="ddp",
+        args=(
+            *DDP[2:],
+            *COMMON,
+            f"--checkpoint-dir={tmp_path / 'ckpt'}",
+            f"--debug-report={tmp_path / 'report'}",
+        ),
+        nodes=1,
+        gpus_per_node=0,
+        procs_per_node=2,
+        venv=sys.prefix,
+        rdzv_port=free_port(),
+        env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+        output_dir=str(tmp_path),
+    )
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(spec))
+    env = {
+        **child_env(),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(record),
+        "SLURM_JOB_ID": "42",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_JOB_NUM_NODES": "1",
+    }
+    first_out = tmp_path / "first.out"
+    with open(first_out, "w") as out:
+        batch = subprocess.Popen(
+            ["bash", str(script)], stdout=out, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not [r for r in steps(_records(first_out)) if r["step"] >= 6]:
+                assert batch.poll() is None and time.monotonic() < deadline, "no step 6"
+                time.sleep(0.005)
+            batch.send_signal(signal.SIGUSR1)
+            assert batch.wait(timeout=120) == 0
+        finally:
+            if batch.poll() is None:
+                batch.kill()
+    assert (record / "calls").read_text().splitlines() == [
+        "scancel --signal=TERM 42",
+        "scontrol requeue 42",
+    ]
+    first = _records(first_out)
+    last = steps(first)[-1]["step"]
+    assert only(first, "summary")["stopped_early"] is True and last < STEPS
+    saved = CheckpointDir(tmp_path / "ckpt").complete_steps()
+    assert saved[-1] == last
+
+    (record / "calls").unlink()
+    second_out = tmp_path / "second.out"
+    with open(second_out, "w") as out:
+        subprocess.run(
+            ["bash", str(script)],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            timeout=240,
+            check=True,
+        )
+    assert not (record / "calls").exists()  # finished: nothing cancelled, nothing requeued
+    second = _records(second_out)
+    expected = {r["step"]: r["loss"] for r in steps(uninterrupted)}
+    assert only(second, "resume")["step"] == last
+    assert [r["step"] for r in steps(second)] == list(range(last + 1, STEPS + 1))
+    assert {r["step"]: r["loss"] for r in steps(second)} == {
+        step: loss for step, loss in expected.items() if step > last
+    }
+    assert only(second, "summary")["final_loss"] == only(uninterrupted, "summary")["final_loss"]
+    report = rank_reports(tmp_path / "report", 2)
+    assert [r["param_digest"] for r in report] == [r["param_digest"] for r in full]
