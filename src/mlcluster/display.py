@@ -17,14 +17,20 @@ from rich.text import Text
 from .runner import COUNTERS, RunResult, RunState
 
 
+def printable(text: str) -> str:
+    """Control characters (an escape sequence, a NUL) shown as ``\\xNN``, not sent to the
+    terminal; newlines kept."""
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+
+
 def counters_table(hosts: dict[str, dict[str, int]], title: str | None = None) -> Table:
-    table = Table(title=Text(title) if title else None, title_justify="left")
+    table = Table(title=Text(printable(title)) if title else None, title_justify="left")
     table.add_column("host")
     for name in COUNTERS:
         table.add_column(name, justify="right")
     for host, counts in sorted(hosts.items()):
         style = "red" if counts["failures"] or counts["unreachable"] else None
-        table.add_row(Text(host), *(str(counts[c]) for c in COUNTERS), style=style)
+        table.add_row(Text(printable(host)), *(str(counts[c]) for c in COUNTERS), style=style)
     return table
 
 
@@ -40,9 +46,9 @@ class ProgressDisplay:
     def _render(self, state: RunState):
         head = Text.assemble(
             ("play ", "bold"),
-            state.play or "-",
+            printable(state.play or "-"),
             ("   task ", "bold"),
-            state.task or "-",
+            printable(state.task or "-"),
             ("   elapsed ", "bold"),
             f"{state.elapsed:5.0f} s",
         )
@@ -67,7 +73,9 @@ class ProgressDisplay:
         self._errors_shown = len(state.errors)
 
     def _line(self, state: RunState, text: str) -> None:
-        self.console.print(f"[{state.elapsed:6.1f}s] {text}", highlight=False, markup=False)
+        self.console.print(
+            f"[{state.elapsed:6.1f}s] {printable(text)}", highlight=False, markup=False
+        )
 
     def stop(self, state: RunState) -> None:
         if self.live is not None:
@@ -87,5 +95,5 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         for role, status in roles.items():
             console.print(f"{host} {role}: {status}", highlight=False, markup=False)
     for error in result.errors:
-        console.print(Text.assemble(("error", "red"), " ", error), highlight=False)
+        console.print(Text.assemble(("error", "red"), " ", printable(error)), highlight=False)
     console.print(f"artifacts: {result.artifact_dir}", highlight=False, markup=False)

@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .display import printable
 from .errors import MlclusterError, Unreachable
 from .inputs import inventory_data
 from .jobfollow import (
@@ -263,7 +264,8 @@ def parse_metrics(output: str) -> tuple[list[dict], dict | None]:
 def summary_table(
     case: str, job_id: str, state: str, steps: list[dict], summary: dict | None
 ) -> Table:
-    table = Table(title=f"{case} (job {job_id}): {state}", title_justify="left")
+    # Text, not markup: the values come from the job's output.
+    table = Table(title=Text(printable(f"{case} (job {job_id}): {state}")), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     summary = summary or {}
@@ -284,11 +286,11 @@ def summary_table(
             ("at size (bytes)", fmt(summary.get("max_busbw_size_bytes"), ",d")),
             ("wrong elements", fmt(summary.get("wrong"), "d")),
         ):
-            table.add_row(name, value)
+            table.add_row(Text(name), Text(printable(value)))
         for row in steps:
             table.add_row(
-                f"  {row['size_bytes']:,} B",
-                f"{row['time_us']:,.1f} us  busbw {row['busbw_gbps']:.3f} GB/s",
+                Text(f"  {row['size_bytes']:,} B"),
+                Text(f"{row['time_us']:,.1f} us  busbw {row['busbw_gbps']:.3f} GB/s"),
             )
         return table
 
@@ -314,7 +316,7 @@ def summary_table(
         ("step time (s)", fmt(summary.get("step_time_s"), ".3f")),
     ]
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(Text(name), Text(printable(value)))
     return table
 
 
@@ -348,7 +350,11 @@ def submit(target: Target, script_path: str) -> str:
     )
     if proc.returncode != 0:
         raise MlclusterError(f"sbatch failed on {target.host}: {proc.stderr.strip()}")
-    return proc.stdout.strip().split(";")[0]
+    job_id = proc.stdout.strip().split(";")[0]
+    # The id goes into later shell commands (scontrol, scancel, the output's path).
+    if not re.fullmatch(r"\d+", job_id):
+        raise MlclusterError(f"sbatch on {target.host} printed no job id: {proc.stdout.strip()!r}")
+    return job_id
 
 
 def poll_job(target: Target, job_id: str) -> JobStatus | None:
@@ -405,7 +411,7 @@ def follow_job(
                     ) from exc
                 trouble = f"  ({exc}; retrying)"
             for line in follower.observe(status, ended_as) if status else []:
-                console.print(line, markup=False, highlight=False, soft_wrap=True)
+                console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
             if status is not None and status.finished:
                 return status, output
             elapsed = time.monotonic() - started
@@ -526,8 +532,8 @@ def run_case(
         tail = "\n".join(output.strip().splitlines()[-20:])
         console.print(
             f"[red]job {job_id} ended {escape(state)}[/red]"
-            + (f": {escape(reason)}" if reason else "")
-            + f"\nlast output lines:\n{escape(tail)}",
+            + (f": {escape(printable(reason))}" if reason else "")
+            + f"\nlast output lines:\n{escape(printable(tail))}",
             highlight=False,
             soft_wrap=True,
         )

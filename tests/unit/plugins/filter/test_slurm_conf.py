@@ -155,9 +155,15 @@ def test_partitions_reject_bad_groups(groups, message):
         slurm_conf.slurm_partition_list([{"name": "p", "group": "g"}], NODES, groups, "", {})
 
 
-def test_conf_lines_quote_a_value_quoted_on_one_side_only():
-    assert slurm_conf.slurm_conf_lines({"Reason": '"half quoted'}) == ['Reason=""half quoted"']
-    assert slurm_conf.slurm_conf_lines({"Reason": 'half quoted"'}) == ['Reason="half quoted""']
+@pytest.mark.parametrize("value", ['"half quoted', 'half quoted"', '"a" Evil=1 "b"'])
+def test_conf_lines_refuse_a_quote_that_would_end_the_quoting(value):
+    # '"a" Evil=1 "b"' starts and ends with a quote, yet would add the key Evil to the line
+    with pytest.raises(ValueError) as exc:
+        slurm_conf.slurm_conf_lines({"Reason": value})
+    assert str(exc.value) == (
+        f"Slurm setting Reason: the value {value!r} holds a double quote inside it (it would "
+        "end the quoting)"
+    )
 
 
 def test_hostlist_lists_a_plain_name_once():

@@ -15,6 +15,10 @@ description:
     joined with commas, and keys whose value is null or an empty string are left out (so a
     user may remove a default by setting it to null).
   - Values with spaces are quoted.
+  - Keys must be letters, digits and C(_); a value may not hold a newline or another control
+    character, a C(#) (Slurm reads the rest of the line as a comment) or a double quote other
+    than one pair around the whole value (it would end the quoting and add keys to the line).
+    Such input is an error naming the key, not a line of the file.
   - Companion filters used by the slurm role, C(mlcluster.core.slurm_hostlist) writes node names
     as a Slurm hostlist expression (C(compute[1-3,10])); C(mlcluster.core.slurm_node) turns one
     host's variables (facts and the role's probe) into its NodeName parameters;
@@ -50,14 +54,39 @@ _value:
 """
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Names Slurm reads as one word: partitions, nodes (hostnames).
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def slurm_value(value) -> str:
+def _unsafe(text: str) -> str | None:
+    """Why a value would not stay one value on one line of a Slurm config file, or None."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "a newline or another control character"
+    if "#" in text:
+        return "a '#' (Slurm reads the rest of the line as a comment)"
+    inner = text[1:-1] if len(text) > 1 and text[0] == text[-1] == '"' else text
+    if '"' in inner:
+        return "a double quote inside it (it would end the quoting)"
+    return None
+
+
+def _plain(value, key: str) -> str:
     if isinstance(value, bool):
         return "YES" if value else "NO"
     if isinstance(value, list | tuple):
-        return ",".join(slurm_value(item) for item in value)
+        return ",".join(_plain(item, key) for item in value)
     text = str(value)
+    why = _unsafe(text)
+    if why:
+        raise ValueError(f"Slurm setting {key}: the value {text!r} holds {why}")
+    return text
+
+
+def slurm_value(value, key: str = "?") -> str:
+    """One Slurm value: a list joined with commas, quoted as a whole when it holds a space (a
+    list item quoted on its own would leave the rest of the list outside the quotes)."""
+    text = _plain(value, key)
     if any(c.isspace() for c in text) and not (text.startswith('"') and text.endswith('"')):
         return f'"{text}"'
     return text
@@ -69,10 +98,18 @@ def slurm_conf_lines(settings) -> list[str]:
     lines = []
     for key in sorted(settings, key=str):
         value = settings[key]
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ValueError(f"Slurm setting {key!r}: a key is letters, digits and '_' only")
         if value is None or (isinstance(value, str) and value == ""):
             continue
-        lines.append(f"{key}={slurm_value(value)}")
+        lines.append(f"{key}={slurm_value(value, key)}")
     return lines
+
+
+def _check_name(kind: str, name) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{kind} {name!r}: a name is letters, digits, '_', '.' and '-' only")
+    return name
 
 
 def _ranges(numbers: list[str]) -> str:
@@ -150,7 +187,8 @@ def slurm_node(host_vars, reserve_percent: int = 5) -> dict:
     if gres:
         params["Gres"] = gres
     params.update(host_vars.get("slurm_node_config") or {})
-    return {"host": host_vars["inventory_hostname"], "name": facts["hostname"], "params": params}
+    name = _check_name("node", facts["hostname"])
+    return {"host": host_vars["inventory_hostname"], "name": name, "params": params}
 
 
 def slurm_partition_list(partitions, nodes, groups, default_partition, defaults) -> list[dict]:
@@ -161,7 +199,7 @@ def slurm_partition_list(partitions, nodes, groups, default_partition, defaults)
     if default_partition:
         result.append(
             {
-                "name": default_partition,
+                "name": _check_name("partition", default_partition),
                 "params": {
                     **defaults,
                     "Nodes": slurm_hostlist([node["name"] for node in nodes]),
@@ -183,7 +221,7 @@ def slurm_partition_list(partitions, nodes, groups, default_partition, defaults)
             )
         result.append(
             {
-                "name": partition["name"],
+                "name": _check_name("partition", partition["name"]),
                 "params": {
                     **defaults,
                     **(partition.get("config") or {}),
