@@ -140,6 +140,10 @@ def cmd_run(args) -> int:
     from . import workload_run
     from .inputs import check_report_path
 
+    if args.platform == "eks":
+        from . import eks
+
+        return eks.run_from_args(args)
     return workload_run.run_case(
         args.case,
         Path(args.inventory),
@@ -287,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Arguments after -- go to the test case (default: a small run sized for the nodes' "
         "CPUs or GPUs; cases that checkpoint write to /fsx/mlcluster/checkpoints/JOB)."
     )
+    run.add_argument(
+        "--platform",
+        choices=["slurm", "eks"],
+        default="slurm",
+        help="slurm: sbatch over SSH (default); eks: a PyTorchJob through kubectl (docs/eks.md)",
+    )
+    from . import eks
+
+    eks.add_run_arguments(run)
     run.set_defaults(func=cmd_run)
     platforms.add_commands(sub)
     return parser
