@@ -75,12 +75,15 @@ def due(args: argparse.Namespace, step: int) -> bool:
 
 class StopRequest:
     """Remembers that a stop signal arrived; the training loop checks between steps (all ranks
-    agree through a collective) so that a stop never falls inside a step or a save."""
+    agree through a collective) so that a stop never falls inside a step or a save. The entry
+    points install the handlers; a case's training function called in-process (tests) gets one
+    that does not (``install=False``), so the caller's own SIGTERM handling stays."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, install: bool = True) -> None:
         self.signal: str | None = None
-        for number in STOP_SIGNALS:
-            signal.signal(number, self._handle)
+        if install:
+            for number in STOP_SIGNALS:
+                signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
         if self.signal is None:

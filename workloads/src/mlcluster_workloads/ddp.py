@@ -94,12 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
     ctx = dist.init(args.backend, args.device, args.dist_timeout)
     try:
-        run(args, ctx, stream)
+        run(args, ctx, stream, checkpoint.StopRequest())
     finally:
         dist.shutdown()
 
 
-def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None:
+def run(
+    args: argparse.Namespace,
+    ctx: dist.DistContext,
+    stream: TextIO,
+    stop: checkpoint.StopRequest | None = None,
+) -> None:
     x, y = map(
         torch.from_numpy,
         TeacherRegression(
@@ -151,7 +156,7 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
     )
     if start_step:
         reporter.emit({"event": "resume", "case": "ddp", "step": start_step})
-    stop = checkpoint.StopRequest()
+    stop = stop or checkpoint.StopRequest(install=False)
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
         indices = sampler.indices(step - 1)

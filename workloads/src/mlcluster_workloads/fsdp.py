@@ -237,12 +237,17 @@ def main(argv: list[str] | None = None) -> None:
     stream = metrics.json_stream()  # from here on, fd 1 carries JSON lines only
     ctx = dist.init(args.backend, args.device, args.dist_timeout)
     try:
-        run(args, ctx, stream)
+        run(args, ctx, stream, checkpoint.StopRequest())
     finally:
         dist.shutdown()
 
 
-def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None:
+def run(
+    args: argparse.Namespace,
+    ctx: dist.DistContext,
+    stream: TextIO,
+    stop: checkpoint.StopRequest | None = None,
+) -> None:
     config = dataclasses.replace(CONFIGS[args.config], max_seq_len=args.seq_len)
     param_dtype = resolve_dtype(args.dtype, ctx.device)
     mesh = make_mesh(ctx.device.type, ctx.world_size, args.tp)
@@ -333,7 +338,7 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         reporter.emit({"event": "resume", "case": "fsdp", "step": start_step})
 
     rank_report = metrics.RankReport(args.debug_report, ctx.rank, ctx.world_size)
-    stop = checkpoint.StopRequest()
+    stop = stop or checkpoint.StopRequest(install=False)
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
         indices = sampler.indices(step - 1)
