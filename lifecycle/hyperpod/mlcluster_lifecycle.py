@@ -10,6 +10,8 @@ project copy delivered beside it (`mlcluster/`, uploaded by `mlcluster hyperpod 
   hyperpod:         /opt/ml/config/resource_config.json (or $SAGEMAKER_RESOURCE_CONFIG_PATH)
                     gives every node's instance group and address; provisioning_parameters.json
                     says which instance group is the controller, the login nodes, each partition.
+  hyperpod-eks:     the same resource config gives this node's instance group; HyperPod joins
+                    the node to its EKS cluster, the inventory holds it alone in eks_nodes.
   parallelcluster:  /etc/parallelcluster/cfnconfig gives the node type (HeadNode, ComputeFleet,
                     LoginNode) and the head node's name and address; --queue the compute queue.
 
@@ -294,6 +296,38 @@ def hyperpod_plan(resource_config: list, params: dict, ips: set) -> tuple:
     return inventory(nodes, self_name, all_vars), self_name, self_role
 
 
+def hyperpod_eks_plan(resource_config: list, ips: set) -> tuple:
+    """(inventory, this node's name, its role) for a node of a HyperPod cluster on EKS.
+
+    HyperPod joins the node to the EKS cluster and labels it itself; the inventory holds this
+    node alone, in eks_nodes, with the join left to HyperPod (eks_node_join false)."""
+    for group in resource_config:
+        for ip in sorted(ips.intersection(group["ips"])):
+            host = {
+                "ansible_host": ip,
+                "ansible_connection": "local",
+                "hyperpod_instance_group": group["name"],
+                "hyperpod_instance_type": group["instance_type"],
+                "hyperpod_private_ip": ip,
+            }
+            all_vars = {
+                "mlcluster_platform": "hyperpod_eks",
+                "mlcluster_required_groups": ["eks_nodes"],
+                "eks_node_join": False,
+            }
+            doc = {
+                "all": {
+                    "vars": all_vars,
+                    "children": {"eks_nodes": {"hosts": {ip_hostname(ip): host}}},
+                }
+            }
+            return doc, ip_hostname(ip), f"EKS worker of instance group {group['name']}"
+    raise LifecycleError(
+        f"none of this node's addresses ({', '.join(sorted(ips)) or 'none found'}) is a"
+        " CustomerIpAddress in the resource config"
+    )
+
+
 def slurm_nodes() -> list:
     """[(node name, address, [partitions])] from the platform's own Slurm, [] without one.
 
@@ -495,6 +529,14 @@ def parse_args(argv: list) -> argparse.Namespace:
     hp.add_argument(
         "--provisioning-parameters", type=Path, default=HERE / "provisioning_parameters.json"
     )
+    eks = sub.add_parser(
+        "hyperpod-eks", parents=[common], help="a node of a HyperPod cluster on EKS (OnCreate)"
+    )
+    eks.add_argument(
+        "--resource-config",
+        type=Path,
+        help=f"default $SAGEMAKER_RESOURCE_CONFIG_PATH or {RESOURCE_CONFIG}",
+    )
     pc = sub.add_parser(
         "parallelcluster", parents=[common], help="a ParallelCluster node (OnNodeConfigured)"
     )
@@ -533,15 +575,19 @@ def run(args: argparse.Namespace) -> int:
     with open(state / "lifecycle.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second run waits for the first
         ips = own_ips()
-        if args.platform == "hyperpod":
+        if args.platform in ("hyperpod", "hyperpod-eks"):
             # The platform's variable names a real path; only the default is under the root.
             config_path = (
                 args.resource_config
                 or os.environ.get("SAGEMAKER_RESOURCE_CONFIG_PATH")
                 or host_path(RESOURCE_CONFIG)
             )
-            params = read_provisioning_parameters(args.provisioning_parameters)
-            doc, name, role = hyperpod_plan(read_resource_config(Path(config_path)), params, ips)
+            groups = read_resource_config(Path(config_path))
+            if args.platform == "hyperpod-eks":
+                doc, name, role = hyperpod_eks_plan(groups, ips)
+            else:
+                params = read_provisioning_parameters(args.provisioning_parameters)
+                doc, name, role = hyperpod_plan(groups, params, ips)
         else:
             cfn = read_cfnconfig(args.cfnconfig or host_path(CFNCONFIG))
             nodes = slurm_nodes() if cfn["cfn_node_type"] != "ComputeFleet" else []
