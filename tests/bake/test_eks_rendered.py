@@ -200,3 +200,12 @@ def test_site_yml_imports_eks_and_it_does_nothing_on_a_slurm_inventory(tmp_path)
     assert sorted(run.stats.get("skipped") or {}) == ["localhost"]
     assert run.changed() == 0
     assert "head" not in run.stdout and "node1" not in run.stdout
+
+
+def test_the_eks_roles_follow_the_role_layout():
+    from . import test_role_structure as layout
+
+    layout.test_role_layout("eks_node")  # eks_addons has no install phase: nothing is baked
+    for role in ("eks_node", "eks_addons"):
+        layout.test_role_internal_variables_are_prefixed(role)
+        layout.test_distro_data_covers_the_platforms(role)
