@@ -196,3 +196,67 @@ def test_eks_runs_need_an_image():
 def test_a_case_that_is_not_torch_is_refused():
     with pytest.raises(MlclusterError, match="jax is not a torch case"):
         eks.run_case("jax", kubeconfig=None, image="img:1", render_only=True)
+
+
+# --- apply and follow, with a stand-in kubectl (no API server can run here) ----------------------
+
+FAKE_KUBECTL = r"""#!/bin/sh
+dir="$(dirname "$0")"
+printf '%s\n' "$*" >> "$dir/calls"
+case " $* " in
+  *" apply "*) cat > "$dir/applied.yaml"; echo "pytorchjob.kubeflow.org/x created" ;;
+  *" get pytorchjob "*)
+    n=$(cat "$dir/polls" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "$dir/polls"
+    if [ "$n" -lt 2 ]; then state=Running; else state="${FAKE_FINAL:-Succeeded}"; fi
+    printf '{"status": {"conditions": [{"type": "Created", "status": "True"},'
+    printf ' {"type": "%s", "status": "True"}]}}\n' "$state" ;;
+  *" logs "*)
+    echo 'W0101 torchrun noise'
+    echo '{"event": "step", "step": 1, "loss": 2.5}'
+    echo '{"event": "summary", "world_size": 16, "first_loss": 2.5, "final_loss": 1.25}' ;;
+  *" delete "*) echo deleted ;;
+  *) echo "unexpected: $*" >&2; exit 9 ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_kubectl(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "kubectl"
+    script.write_text(FAKE_KUBECTL)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(eks, "POLL_S", 0)
+    return bin_dir
+
+
+def test_apply_follow_and_report(fake_kubectl, tmp_path):
+    report = tmp_path / "report.json"
+    code = eks.run_case(
+        "ddp", kubeconfig=tmp_path / "kubeconfig", nodes=2, gpus_per_node=8, image="img:1",
+        efa_devices=32, report=report, extra_args=["--steps", "5"],
+    )  # fmt: skip
+    assert code == 0
+    calls = (fake_kubectl / "calls").read_text().splitlines()
+    kc = f"--kubeconfig {tmp_path / 'kubeconfig'}"
+    data = json.loads(report.read_text())
+    job = data["job_id"]
+    assert calls == [
+        f"{kc} apply --validate=strict -f -",
+        f"{kc} get pytorchjob -n default {job} -o json",
+        f"{kc} get pytorchjob -n default {job} -o json",
+        f"{kc} logs -n default -l training.kubeflow.org/job-name={job},"
+        "training.kubeflow.org/replica-type=master --tail=-1",
+    ]
+    applied = yaml.safe_load((fake_kubectl / "applied.yaml").read_text())
+    assert applied["metadata"]["name"] == job and eks.validation_errors(applied) == []
+    assert data["state"] == "Succeeded" and data["platform"] == "eks"
+    assert data["summary"]["final_loss"] == 1.25
+    assert data["steps"] == [{"event": "step", "step": 1, "loss": 2.5}]
+
+
+def test_a_failed_job_exits_1(fake_kubectl, monkeypatch):
+    monkeypatch.setenv("FAKE_FINAL", "Failed")
+    assert eks.run_case("allreduce", kubeconfig=None, image="img:1", nodes=1) == 1
