@@ -262,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mlcluster_workloads import cases
 
-    run = sub.add_parser("run", help="run a distributed-training test case through Slurm")
+    run = sub.add_parser(
+        "run", help="run a distributed-training test case through Slurm (or EKS: --platform eks)"
+    )
     run.add_argument("case", choices=cases.runnable())
     run.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
     run.add_argument("--nodes", type=int, default=2)
