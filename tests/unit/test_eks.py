@@ -260,3 +260,27 @@ def test_apply_follow_and_report(fake_kubectl, tmp_path):
 def test_a_failed_job_exits_1(fake_kubectl, monkeypatch):
     monkeypatch.setenv("FAKE_FINAL", "Failed")
     assert eks.run_case("allreduce", kubeconfig=None, image="img:1", nodes=1) == 1
+
+
+def test_the_wheel_carries_the_crd_schemas(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from mlcluster.paths import project_root
+
+    src = tmp_path / "src"
+    shutil.copytree(
+        project_root() / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(project_root() / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheels"), str(src)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheels").glob("mlcluster-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("mlcluster/k8s_")}
+    assert shipped == {f"mlcluster/k8s_schemas/{name}" for name in eks.CRD_SCHEMAS.values()}
