@@ -4,6 +4,10 @@ One controller, N compute nodes and an optional login node on a private network 
 addresses and names, a shared volume at /fsx (like FSx for Lustre on HyperPod or
 ParallelCluster) and SSH keys generated per cluster. ``up`` writes an inventory with the same
 groups the real inventories use; ``down`` removes exactly what ``up`` created.
+
+SSH host keys are checked like on any other cluster: each node's host key is made here before
+the node first boots, copied into it, and recorded in the cluster's known_hosts file, which the
+inventory and every SSH command of this module use with ``StrictHostKeyChecking=yes``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -137,26 +142,71 @@ def node_mac(ip: str) -> str:
     return "02:42:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(ip).packed)
 
 
-def _ssh_key(name: str) -> Path:
-    key = cluster_dir(name) / "id_ed25519"
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
+def _keygen(path: Path, comment: str) -> Path:
+    """An ed25519 key pair at ``path`` (and ``path.pub``), made once."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                f"mlcluster-{name}",
-                "-f",
-                str(key),
-            ],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
             check=True,
         )
-    return key
+    return path
+
+
+def _ssh_key(name: str) -> Path:
+    return _keygen(cluster_dir(name) / "id_ed25519", f"mlcluster-{name}")
+
+
+HOST_KEY = "ssh_host_ed25519_key"
+
+
+def host_key_path(name: str, hostname: str) -> Path:
+    return cluster_dir(name) / "hostkeys" / hostname / HOST_KEY
+
+
+def known_hosts_path(name: str) -> Path:
+    return cluster_dir(name) / "known_hosts"
+
+
+def known_hosts_text(entries: list[tuple[str, str]]) -> str:
+    """known_hosts lines for (address, public key line) pairs; the key's comment is dropped."""
+    lines = []
+    for address, public in entries:
+        fields = public.split()
+        if len(fields) < 2 or not fields[0].startswith("ssh-"):
+            raise MlclusterError(f"not an SSH public key for {address}: {public.strip()[:60]!r}")
+        lines.append(f"{address} {fields[0]} {fields[1]}")
+    return "\n".join(lines) + "\n"
+
+
+def _recorded_host_key(state: ClusterState, node: Node) -> str:
+    """The public host key of a running node: the one made for it here, or, for a node started
+    before host keys were made here, the one it made itself, read through the container runtime
+    (a channel that needs no trust in the network)."""
+    path = host_key_path(state.name, node.hostname)
+    if path.exists():
+        return path.with_suffix(".pub").read_text()
+    probe = podman.run(
+        ["exec", node.container, "cat", f"/etc/ssh/{HOST_KEY}.pub"], check=False, timeout=30
+    )
+    if probe.returncode != 0 or not probe.stdout.strip():
+        raise MlclusterError(
+            f"cannot read the SSH host key of {node.container} (podman exec exit "
+            f"{probe.returncode}: {probe.stderr.strip()[-200:]}); `mlcluster local down --name "
+            f"{state.name}` and up again gives every node a host key recorded at creation"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".pub").write_text(probe.stdout)
+    return probe.stdout
+
+
+def write_known_hosts(state: ClusterState) -> Path:
+    entries = [(node.ip, _recorded_host_key(state, node)) for node in state.nodes]
+    path = known_hosts_path(state.name)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(known_hosts_text(entries))
+    tmp.replace(path)
+    return path
 
 
 def _start_node(
@@ -207,6 +257,11 @@ def _start_node(
         machine_id.write_text(uuid.uuid4().hex + "\n")
         machine_id.chmod(0o444)
         podman.run(["cp", str(machine_id), f"{node.container}:/etc/machine-id"])
+    # Its SSH host key, made here so that it is known before the node answers on the network
+    # (the image has none; sshd's `ssh-keygen -A` adds only the other key types at boot).
+    host_key = _keygen(host_key_path(state.name, node.hostname), f"root@{node.hostname}")
+    for path in (host_key, host_key.with_suffix(".pub")):
+        podman.run(["cp", str(path), f"{node.container}:/etc/ssh/{path.name}"])
     _start_container(node.container)
     podman.run(
         [
@@ -234,6 +289,7 @@ def wait_for_ssh(name: str, nodes: list[Node], timeout: float = SSH_WAIT_S) -> N
     key = _ssh_key(name)
     deadline = time.monotonic() + timeout
     pending = list(nodes)
+    refusals: dict[str, str] = {}
     while pending and time.monotonic() < deadline:
         for node in list(pending):
             if not _port_open(node.ip):
@@ -246,25 +302,32 @@ def wait_for_ssh(name: str, nodes: list[Node], timeout: float = SSH_WAIT_S) -> N
             )
             if probe.returncode == 0:
                 pending.remove(node)
+            else:
+                refusals[node.hostname] = probe.stderr.decode(errors="replace").strip()
         if pending:
             time.sleep(0.5)
     if pending:
         names = ", ".join(n.hostname for n in pending)
         logs = podman.run(["logs", "--tail", "5", pending[0].container], check=False).stdout
+        said = refusals.get(pending[0].hostname)
         raise MlclusterError(
-            f"node(s) {names} unreachable over SSH after {timeout:.0f} s; last log lines of "
-            f"{pending[0].container}:\n{logs.strip()}"
+            f"node(s) {names} unreachable over SSH after {timeout:.0f} s"
+            + (f"; ssh said: {said}" if said else "")
+            + f"; last log lines of {pending[0].container}:\n{logs.strip()}"
         )
 
 
-def ssh_options(key: Path) -> list[str]:
+def ssh_options(key: Path, known_hosts: Path | None = None) -> list[str]:
+    """SSH options for the cluster whose key is ``key``: only the host keys recorded in its
+    known_hosts file (beside the key unless given) are accepted."""
+    known_hosts = known_hosts or key.with_name("known_hosts")
     return [
         "-i",
         str(key),
         "-o",
-        "StrictHostKeyChecking=no",
+        "StrictHostKeyChecking=yes",
         "-o",
-        "UserKnownHostsFile=/dev/null",
+        f"UserKnownHostsFile={known_hosts}",
         "-o",
         "LogLevel=ERROR",
         "-o",
@@ -288,7 +351,7 @@ def write_inventory(state: ClusterState) -> Path:
             "vars": {
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(key),
-                "ansible_ssh_common_args": " ".join(ssh_options(key)[2:]),
+                "ansible_ssh_common_args": shlex.join(ssh_options(key)[2:]),
                 "mlcluster_local_cluster": state.name,
             },
             "children": {"slurm": {"children": groups}},
@@ -369,6 +432,12 @@ def up(
     cluster_dir(name).mkdir(parents=True, exist_ok=True)
     # Record what is about to exist before creating it, so `down` can always clean up.
     state.save(state_file)
+    for kind, obj in (("network", state.network), ("volume", state.volume)):
+        if podman.exists(kind, obj) and obj not in podman.names_with_label(kind, f"{LABEL}={name}"):
+            raise MlclusterError(
+                f"a podman {kind} named {obj} exists but is not cluster {name}'s (it has no label "
+                f"{LABEL}={name}); remove or rename it, or use another --name"
+            )
     with podman.network_lock():
         if not podman.exists("network", state.network):
             podman.run(
@@ -395,6 +464,7 @@ def up(
             continue
         _start_node(state, node, nodes, privileged, pubkey, extra_args)
         started.append(node.hostname)
+    write_known_hosts(state)
     wait_for_ssh(name, nodes)
     inv = write_inventory(state)
     if platform == "hyperpod":
@@ -415,10 +485,12 @@ def down(name: str = DEFAULT_NAME, say=print) -> list[str]:
         ctr_name = ctr["Names"][0]
         podman.run(["rm", "-f", "-t", "5", ctr_name])
         removed.append(f"container {ctr_name}")
-    for kind, obj in (("network", f"{name}-net"), ("volume", f"{name}-fsx")):
+    # What carries the cluster's label, and without -f: a network or volume still in use (by a
+    # container that is not this cluster's) stays, and podman says why.
+    for kind in ("network", "volume"):
         with podman.network_lock():
-            if podman.exists(kind, obj):
-                podman.run([kind, "rm", "-f", obj])
+            for obj in podman.names_with_label(kind, f"{LABEL}={name}"):
+                podman.run([kind, "rm", obj])
                 removed.append(f"{kind} {obj}")
     inv = inventory_dir(name) / "hosts.yml"
     if inv.exists():

@@ -83,6 +83,12 @@ def containers_with_label(label: str) -> list[dict]:
     return json.loads(out or "[]")
 
 
+def names_with_label(kind: str, label: str) -> list[str]:
+    """Names of the networks or volumes that carry ``label`` (``key=value``)."""
+    out = run([kind, "ls", "--filter", f"label={label}", "--format", "{{.Name}}"]).stdout
+    return out.split()
+
+
 def _capabilities() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):

@@ -8,6 +8,7 @@ use has cut the other cluster's nodes off on podman 4.3 hosts, so the clusters t
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,19 @@ def test_down_removes_everything(tmp_path):
     """A cluster of its own, so the session's cluster stays up for the other tests."""
     name = "skeldown"
     state = Path(os.environ["MLCLUSTER_STATE"])
+    # A volume of the cluster's name that is not the cluster's: up refuses it, down leaves it.
+    subprocess.run(["podman", "volume", "create", f"{name}-fsx"], check=True, capture_output=True)
+    try:
+        refused = mlcluster("local", "up", "--name", name, "--computes", "1", check=False)
+        assert refused.returncode != 0
+        assert (
+            f"a podman volume named {name}-fsx exists but is not cluster {name}'s (it has no "
+            f"label io.mlcluster.cluster={name})"
+        ) in refused.stderr
+        mlcluster("local", "down", "--name", name)
+        assert subprocess.run(["podman", "volume", "exists", f"{name}-fsx"]).returncode == 0
+    finally:
+        subprocess.run(["podman", "volume", "rm", f"{name}-fsx"], check=True, capture_output=True)
     mlcluster("local", "up", "--name", name, "--computes", "1", "--login")
     rows = Cluster(name, state).status()
     assert sorted(r["hostname"] for r in rows) == ["compute1", "controller", "login1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from mlcluster import local
 from mlcluster.errors import MlclusterError
@@ -57,3 +58,42 @@ def test_a_stale_address_allocation_gets_a_clear_error(monkeypatch):
     monkeypatch.setattr(local.podman, "exists", lambda kind, name: True)
     assert local.stale_address_error(err) is None
     assert local.stale_address_error(MlclusterError("something else")) is None
+
+
+def test_ssh_options_accept_only_the_recorded_host_keys(tmp_path):
+    key = tmp_path / "id_ed25519"
+    opts = local.ssh_options(key)
+    assert opts[:2] == ["-i", str(key)]
+    pairs = dict(opt.split("=", 1) for opt in opts[3::2])
+    assert pairs["StrictHostKeyChecking"] == "yes"
+    assert pairs["UserKnownHostsFile"] == str(tmp_path / "known_hosts")
+    assert not any("/dev/null" in opt or opt.endswith("=no") for opt in opts)
+
+
+def test_known_hosts_lines_name_each_node_address():
+    text = local.known_hosts_text(
+        [
+            ("10.213.7.10", "ssh-ed25519 AAAAC3Nza1 root@controller\n"),
+            ("10.213.7.21", "ssh-ed25519 AAAAC3Nza2"),
+        ]
+    )
+    assert text == "10.213.7.10 ssh-ed25519 AAAAC3Nza1\n10.213.7.21 ssh-ed25519 AAAAC3Nza2\n"
+    with pytest.raises(MlclusterError, match=r"not an SSH public key for 10\.213\.7\.22"):
+        local.known_hosts_text([("10.213.7.22", "cat: no such file")])
+
+
+def test_written_inventory_checks_host_keys_against_the_clusters_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_STATE", str(tmp_path))
+    nodes = local.plan_nodes("hk", "10.213.9.0/24", computes=1, login=False)
+    state = local.ClusterState("hk", "10.213.9.0/24", "hk-net", "hk-fsx", "img", nodes)
+    for node in nodes:
+        local._keygen(local.host_key_path("hk", node.hostname), f"root@{node.hostname}")
+    known = local.write_known_hosts(state)
+    lines = known.read_text().splitlines()
+    pub = local.host_key_path("hk", "compute1").with_suffix(".pub").read_text().split()
+    assert lines[1] == f"10.213.9.21 {pub[0]} {pub[1]}"
+    assert [line.split()[0] for line in lines] == ["10.213.9.10", "10.213.9.21"]
+    inv = yaml.safe_load(local.write_inventory(state).read_text())
+    args = inv["all"]["vars"]["ansible_ssh_common_args"].split()
+    assert "StrictHostKeyChecking=yes" in args
+    assert f"UserKnownHostsFile={tmp_path}/clusters/hk/known_hosts" in args
