@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         f"{machine()}. `python -m bench.node_failure --name {args.name}`: a 2-node `ddp` job "
         f"(`{' '.join(ARGS)}`), its second node `podman kill`ed after a checkpoint; seconds "
-        "after the kill, polled once a second (each figure is up to about a second late):\n\n"
+        "after the kill, polled every 1 to 2 s over SSH (each figure up to 2 s late):\n\n"
         "| event | s after the kill |\n| --- | --- |\n"
         f"| node DOWN (`scontrol show node`) | {events['down']:.0f} |\n"
         f"| job requeued (pending, restart count 1) | {events['requeued']:.0f} |\n"
