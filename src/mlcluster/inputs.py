@@ -36,6 +36,10 @@ def ansible_env() -> dict[str, str]:
         # parse is an error, not a warning followed by a run on no hosts.
         "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
         "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "True",
+        # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless the environment names it,
+        # which outranks ansible.cfg and puts StrictHostKeyChecking=no before the inventory's
+        # SSH arguments: host keys are checked unless the caller's environment says otherwise.
+        "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
     }
 
 
