@@ -545,3 +545,34 @@ def test_the_reason_reaches_the_table_and_the_report(controller, tmp_path):
     reason = "rank 1: PermissionError: [Errno 13] Permission denied: '/fsx/other/step_40'"
     assert f"job {JOB_ID} ended FAILED: {reason}\nlast output lines:" in text
     assert __import__("json").loads(report.read_text())["reason"] == reason
+
+
+# ---- recorded on a local cluster (Slurm 22.05): `scontrol requeue` of a running ddp job ------
+
+RECORDED = FIXTURES / "slurm"
+
+
+def test_a_recorded_requeue_is_followed_to_its_end():
+    """scontrol -o show job of `mlcluster run ddp -- --steps 150` (job 2), once running, then
+    every second after `scontrol requeue 2` (repeated lines left out): COMPLETING with the
+    restart count up, PENDING (BeginTime), RUNNING again, COMPLETED."""
+    lines = (RECORDED / "scontrol-manual-requeue.txt").read_text().splitlines()
+    follower = JobFollower("2")
+    said, finished = [], []
+    for line in lines:
+        status = parse_scontrol(line)
+        said += follower.observe(status)
+        finished.append(status.finished)
+    assert said == [
+        "job 2 RUNNING on compute[1-2]",
+        "job 2 requeued (requeue), waiting: COMPLETING on compute[1-2]",
+        "job 2 PENDING (BeginTime)",
+        "job 2 RUNNING on compute[1-2]",
+        "job 2 COMPLETED",
+    ]
+    assert finished == [False] * (len(lines) - 1) + [True]
+    assert follower.requeues == 1
+    # `sacct -D -n -X -P -j 2 -o State` afterwards: one line per run, oldest first
+    sacct = (RECORDED / "sacct-duplicates-requeued.txt").read_text()
+    assert sacct == "REQUEUED\nCOMPLETED\n"
+    assert workload_run.previous_run_end(sacct) == "REQUEUED"
