@@ -254,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--prometheus",
         metavar="URL",
-        help="Prometheus to ask (default: the inventory's monitoring or slurm_controller host, "
-        "port prometheus_port or 9090)",
+        help="Prometheus to ask (default: the inventory's slurm_controller host, port "
+        "prometheus_port or 9090)",
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)

@@ -1,9 +1,9 @@
 """`mlcluster status`: the cluster at a glance, from its Prometheus.
 
 Nodes and whether each exporter answers (`up`), Slurm's node states and jobs as the Slurm
-exporter reports them, and the alerts firing. Prometheus is found from the inventory: the
-first host of group `monitoring`, else of `slurm_controller`, at its `ansible_host` and
-`prometheus_port` (9090); `--prometheus URL` names it outright.
+exporter reports them, and the alerts firing. Prometheus is found from the inventory, where
+playbooks/observability.yml puts it: the first host of group `slurm_controller`, at its
+`ansible_host` and `prometheus_port` (9090); `--prometheus URL` names it outright.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def prometheus_url(inventory: Path) -> str:
     from .runner import check_inventory
 
     data = inventory_data(check_inventory(inventory))
-    for group in ("monitoring", "slurm_controller"):
+    for group in ("slurm_controller",):
         hosts = (data.get(group) or {}).get("hosts") or []
         if hosts:
             host = hosts[0]
@@ -34,8 +34,8 @@ def prometheus_url(inventory: Path) -> str:
             port = hostvars.get("prometheus_port", DEFAULT_PORT)
             return f"http://{address}:{port}"
     raise MlclusterError(
-        f"inventory {inventory} has no host in group monitoring or slurm_controller, where "
-        "Prometheus runs (or name it: --prometheus URL)"
+        f"inventory {inventory} has no host in group slurm_controller, where Prometheus runs "
+        "(or name it: --prometheus URL)"
     )
 
 

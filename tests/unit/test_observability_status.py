@@ -87,12 +87,19 @@ def prometheus():
     server.server_close()
 
 
-def inventory(tmp_path, port, group="slurm_controller"):
+def inventory(tmp_path, port):
     path = tmp_path / "hosts.yml"
     hosts = {"controller": {"ansible_host": "127.0.0.1", "prometheus_port": port}}
     path.write_text(
         yaml.safe_dump(
-            {"all": {"children": {group: {"hosts": hosts}, "slurm_compute": {"hosts": {"c1": {}}}}}}
+            {
+                "all": {
+                    "children": {
+                        "slurm_controller": {"hosts": hosts},
+                        "slurm_compute": {"hosts": {"c1": {}}},
+                    }
+                }
+            }
         )
     )
     return path
@@ -125,7 +132,7 @@ def test_status_text_from_the_inventory_controller(prometheus, tmp_path):
 
 
 def test_status_json(prometheus, tmp_path):
-    proc = status("-i", str(inventory(tmp_path, prometheus, group="monitoring")), "--json")
+    proc = status("-i", str(inventory(tmp_path, prometheus)), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["prometheus"] == f"http://127.0.0.1:{prometheus}"
@@ -159,4 +166,4 @@ def test_status_inventory_without_controller_is_bad_input(tmp_path):
     path.write_text(yaml.safe_dump({"all": {"children": {"slurm_compute": {"hosts": {"c1": {}}}}}}))
     proc = status("-i", str(path))
     assert proc.returncode == 2
-    assert "has no host in group monitoring or slurm_controller" in proc.stderr
+    assert "has no host in group slurm_controller, where Prometheus runs" in proc.stderr
