@@ -197,7 +197,7 @@ def run_playbook(
     if not playbook_path.is_file():
         raise MlclusterError(f"playbook {playbook} not found in {root}")
     # Bad input stops here, before a run directory exists or a play starts.
-    check_targets(inv, limit)
+    targets = check_targets(inv, limit)
     check_tags(tags, playbook_path, inv)
     ident = time.strftime("%Y%m%d-%H%M%S-") + playbook_path.stem + f"-{uuid.uuid4().hex[:6]}"
     # A private data dir per run: ansible-runner keeps env/ files there (cmdline, extravars)
@@ -247,7 +247,7 @@ def run_playbook(
     return RunResult(
         rc=runner.rc if runner.rc is not None else -1,
         status=status,
-        hosts=state.summary(),
+        hosts=_cluster_hosts(state.summary(), targets),
         errors=state.errors,
         elapsed_s=state.elapsed,
         artifact_dir=str(Path(runner.config.artifact_dir)),
@@ -255,6 +255,18 @@ def run_playbook(
         inventory=str(inv),
         custom_stats=state.custom_stats,
     )
+
+
+def _cluster_hosts(summary: dict[str, dict[str, int]], targets: list[str]) -> dict:
+    """The per-host totals of the inventory's hosts, and of a host outside the inventory (the
+    implicit localhost of a play on the machine Ansible runs on, such as site.yml's EKS add-ons
+    play) only when something happened there: on a Slurm inventory that play skips its one task,
+    and a `localhost` row of skips would read as a node of the cluster."""
+    return {
+        host: counts
+        for host, counts in summary.items()
+        if host in targets or any(n for key, n in counts.items() if key != "skipped")
+    }
 
 
 def _rotate_runs(runs_dir: Path) -> None:

@@ -108,6 +108,21 @@ def test_failed_host_gives_nonzero_exit():
     assert result.errors == ["beta: Fail on the second host: deliberate failure on beta"]
 
 
+def test_the_implicit_localhost_is_reported_only_when_something_happened_there():
+    quiet = run_playbook(playbook("localhost.yml"), LOCAL_HOSTS)
+    assert quiet.exit_code == EXIT_OK
+    assert sorted(quiet.hosts) == ["alpha", "beta"]
+    acting = run_playbook(playbook("localhost.yml"), LOCAL_HOSTS, extravars={"localhost_acts": 1})
+    assert acting.hosts["localhost"] == {
+        "ok": 1,
+        "changed": 0,
+        "failures": 0,
+        "unreachable": 0,
+        "skipped": 0,
+    }
+    assert sorted(acting.hosts) == ["alpha", "beta", "localhost"]
+
+
 def test_unreachable_host_gives_its_own_exit():
     result = run_playbook(playbook("ok.yml"), FIXTURES / "unreachable-hosts.yml")
     assert result.exit_code == EXIT_UNREACHABLE
