@@ -157,6 +157,17 @@ def cmd_run(args) -> int:
     )
 
 
+def runnable_cases() -> list[str] | None:
+    """The cases `mlcluster run` offers: the registry's (mlcluster_workloads.cases). None where
+    the mlcluster-workloads package is not installed: every other command works without it, and
+    `mlcluster run` says how to install it (workload_run)."""
+    try:
+        from mlcluster_workloads import cases
+    except ImportError:
+        return None
+    return cases.runnable()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcluster",
@@ -260,12 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(func=cmd_status)
 
-    from mlcluster_workloads import cases
-
     run = sub.add_parser(
         "run", help="run a distributed-training test case through Slurm (or EKS: --platform eks)"
     )
-    run.add_argument("case", choices=cases.runnable())
+    run.add_argument("case", choices=runnable_cases())
     run.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)
     run.add_argument("--nodes", type=int, default=2)
     run.add_argument(

@@ -41,10 +41,11 @@ from .runner import EXIT_CANCELED, EXIT_FAILED, EXIT_OK, check_inventory, run_pl
 
 try:
     from mlcluster_workloads import cases
-except ImportError as exc:  # pragma: no cover - scripts/setup.sh installs it into the venv
+except ImportError as exc:
     raise MlclusterError(
-        "the mlcluster-workloads package is not installed in this venv "
-        "(bash scripts/setup.sh installs it)"
+        "the mlcluster-workloads package is not installed in this venv (bash scripts/setup.sh"
+        " installs it; `pip install ./workloads` brings the case registry and the renderers"
+        " without torch)"
     ) from exc
 
 WORKLOADS_ROOT = "/fsx/mlcluster"
@@ -60,9 +61,10 @@ DEFAULT_TIMEOUT_MIN = 60
 # resumes from its own checkpoints); the workloads role creates it for the workloads user.
 CHECKPOINT_ROOT = f"{WORKLOADS_ROOT}/checkpoints"
 EXIT_BAD_INPUT = MlclusterError.exit_code
-# Bandwidth cases report per-size rows and a summary of their own.
-STEP_EVENTS = {"step", "allreduce"}
-SUMMARY_EVENTS = {"summary", "allreduce_summary"}
+# Training cases report steps and a summary, bandwidth cases per-size rows and a summary of
+# their own (the registry's METRIC_EVENTS).
+STEP_EVENTS = {step for step, _ in cases.METRIC_EVENTS.values()}
+SUMMARY_EVENTS = {summary for _, summary in cases.METRIC_EVENTS.values()}
 
 
 class SlurmUnavailable(MlclusterError):
@@ -275,7 +277,7 @@ def summary_table(
             return "unknown"
         return format(value, spec) if isinstance(value, int | float) else str(value)
 
-    if summary.get("event") == "allreduce_summary":
+    if summary.get("event") == cases.METRIC_EVENTS["bandwidth"][1]:
         world = steps[0].get("world_size") if steps else None
         for name, value in (
             ("ranks", fmt(world, "d")),
@@ -482,7 +484,12 @@ def run_case(
     if definition.needs_gpu and not gpus_per_node:
         raise MlclusterError(
             f"{case} needs GPUs and {partition or 'the default partition'} has none "
-            "(Slurm GRES); on CPU nodes run `mlcluster run allreduce`",
+            "(Slurm GRES)"
+            + (
+                f"; on CPU nodes run `mlcluster run {definition.cpu_substitute}`"
+                if definition.cpu_substitute
+                else ""
+            ),
             EXIT_BAD_INPUT,
         )
     if container:

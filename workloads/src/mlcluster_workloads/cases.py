@@ -1,15 +1,17 @@
 """The one registry of test cases: what each is called, how it is started, what it needs.
 
 The CLI (`mlcluster run`), the launcher (``launch.render_sbatch`` / ``pytorchjob``) and the
-renderers all read this table; nothing else lists the cases. Pure Python: importing it needs
-neither torch nor JAX.
+renderers all read this table; nothing else lists the cases or decides by a case's name.
+Pure Python: importing it (and ``launch``) needs neither torch nor JAX, and the package's base
+install brings neither (they are its ``torch`` and ``jax`` extras).
 
 How a case starts on Slurm (``launcher``):
 - ``torchrun``: one task per node, a ``torchrun`` that starts ``nproc_per_node`` ranks and meets
   the other nodes through the c10d rendezvous on the first node;
-- ``per_node``: one process per node (``jax`` is pointed at the first node as coordinator);
-- ``mpi``: one MPI rank per GPU started by ``srun --mpi=pmix`` (nccl-tests), its output turned
-  into the same JSON lines as the Python cases by ``mlcluster_workloads.nccl_tests``.
+- ``per_node``: one process per node (a ``coordinator`` case is pointed at the first node);
+- ``mpi``: one MPI rank per GPU of ``program``, started through ``srun --mpi=pmix`` by the case's
+  module, run once in the batch step, which turns rank 0's output into JSON lines
+  (``mlcluster_workloads.allreduce --nccl-tests`` for nccl-tests' ``all_reduce_perf``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Case:
     name: str
-    # Python module under mlcluster_workloads (None: not a Python program).
-    module: str | None
+    # Python module under mlcluster_workloads that the launcher starts.
+    module: str
     launcher: str  # torchrun | per_node | mpi
     summary: str
     # Arguments `mlcluster run` passes when the user gives none: small enough for CPU nodes.
@@ -38,6 +40,16 @@ class Case:
     checkpoints: bool = False
     # `mlcluster run` reports it (training cases and benchmarks), not only renders it.
     runnable: bool = True
+    # The processes meet at the first node's --coordinator=HOST:PORT (jax.distributed), and
+    # its --dist-timeout is how long they wait for each other at start-up.
+    coordinator: bool = False
+    # mpi: the program each rank runs (an absolute path on the nodes).
+    program: str | None = None
+    # The case that measures the same on nodes without GPUs (named when a needs_gpu case is
+    # asked for on a partition that has none).
+    cpu_substitute: str | None = None
+    # The JSON lines it prints: a key of METRIC_EVENTS.
+    metrics: str = "training"
 
 
 CASES: dict[str, Case] = {
@@ -69,6 +81,7 @@ CASES: dict[str, Case] = {
             cpu_args=("--steps", "40"),
             gpu_args=("--steps", "200"),
             checkpoints=True,
+            coordinator=True,
         ),
         Case(
             "allreduce",
@@ -77,15 +90,20 @@ CASES: dict[str, Case] = {
             "torch.distributed all-reduce bus bandwidth, like nccl-tests (gloo on CPU)",
             cpu_args=("--max-bytes", "16M", "--iters", "10"),
             gpu_args=("--max-bytes", "1G", "--iters", "20"),
+            metrics="bandwidth",
         ),
         Case(
             "nccl_tests",
-            None,
+            "allreduce",
             "mpi",
             "NVIDIA nccl-tests all_reduce_perf across nodes (MPI, EFA), busbw table parsed",
             # The allreduce module's options, then all_reduce_perf's own after `--`.
             gpu_args=("--min-bytes", "8", "--max-bytes", "16G", "--", "-g", "1", "-n", "20"),
             needs_gpu=True,
+            # Where roles/nccl installs nccl-tests (its nccl_tests_prefix).
+            program="/opt/nccl-tests/bin/all_reduce_perf",
+            cpu_substitute="allreduce",
+            metrics="bandwidth",
         ),
         Case(
             "deepspeed",
@@ -109,11 +127,13 @@ CASES: dict[str, Case] = {
     )
 }
 
+# The JSON lines a case prints, by kind: (the event of each step or message size, the event of
+# the summary at the end); mlcluster_workloads.metrics writes the training ones, .allreduce the
+# bandwidth ones.
+METRIC_EVENTS = {"training": ("step", "summary"), "bandwidth": ("allreduce", "allreduce_summary")}
+
 # Earlier names that specs may still use.
 ALIASES = {"jax_dp": "jax"}
-
-# Where the launcher finds nccl-tests on a node (roles/nccl's nccl_tests_prefix).
-NCCL_TESTS_BIN = "/opt/nccl-tests/bin/all_reduce_perf"
 
 
 def get(name: str) -> Case:
@@ -127,3 +147,8 @@ def get(name: str) -> Case:
 def runnable() -> list[str]:
     """Names `mlcluster run` offers."""
     return [name for name, case in CASES.items() if case.runnable]
+
+
+def launched_by(launcher: str) -> list[str]:
+    """Names of the cases the launcher ``launcher`` starts (``torchrun``: a PyTorchJob's)."""
+    return [name for name, case in CASES.items() if case.launcher == launcher]

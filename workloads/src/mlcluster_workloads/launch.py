@@ -51,7 +51,8 @@ EFA_ENV = {
 }
 # On GPU instances EFA moves GPU memory directly (GPUDirect RDMA: p4d, p5 and later).
 EFA_GPU_ENV = {"FI_EFA_USE_DEVICE_RDMA": "1"}
-JAX_COORDINATOR_PORT = 12355
+# Where a coordinator case's first process listens (jax.distributed).
+COORDINATOR_PORT = 12355
 
 # What the values interpolated into a script may look like. Slurm's own syntax is narrower
 # still; these keep shell and #SBATCH lines intact whatever Slurm then accepts.
@@ -162,10 +163,11 @@ class WorkloadSpec:
 
     def timeout_arguments(self) -> list[str]:
         """The case's own timeout flag (training cases): the collective timeout for torch, the
-        initialisation timeout for JAX. Placed before the user's arguments, which win."""
+        initialisation timeout for a coordinator case (JAX). Placed before the user's arguments,
+        which win."""
         if not self.definition.checkpoints:
             return []
-        seconds = self.startup_timeout if self.case == "jax" else self.collective_timeout
+        seconds = self.startup_timeout if self.definition.coordinator else self.collective_timeout
         return [f"--dist-timeout={seconds}"]
 
     def environment(self) -> dict[str, str]:
@@ -225,15 +227,15 @@ def render_sbatch(spec: WorkloadSpec) -> str:
     if spec.container_bundle:
         srun.append(f"--container={shlex.quote(spec.container_bundle)}")
     if case.launcher == "mpi":
-        # The batch step runs the parser once; it starts all_reduce_perf on every rank through
-        # srun and turns rank 0's table into the JSON lines of the allreduce case.
+        # The batch step runs the case's module once; it starts the program on every rank
+        # through srun and turns rank 0's table into the JSON lines of the allreduce case.
         mpi_srun = " ".join([*srun[:1], "--mpi=pmix", *srun[1:]])
         program = [
             spec.command("python"),
             "-m",
-            "mlcluster_workloads.allreduce",
+            f"mlcluster_workloads.{case.module}",
             "--nccl-tests",
-            f"--nccl-tests-bin={cases.NCCL_TESTS_BIN}",
+            f"--nccl-tests-bin={case.program}",
             f"--launcher={shlex.quote(mpi_srun)}",
         ]
         program += [shlex.quote(arg) for arg in spec.args]
@@ -253,8 +255,8 @@ def render_sbatch(spec: WorkloadSpec) -> str:
     else:
         launcher = [spec.command("python")]
     program = ["-m", module]
-    if spec.case == "jax":
-        program.append(f"--coordinator=$head_node:{JAX_COORDINATOR_PORT}")
+    if case.coordinator:
+        program.append(f"--coordinator=$head_node:{COORDINATOR_PORT}")
     program += [shlex.quote(arg) for arg in [*spec.timeout_arguments(), *spec.args]]
     step = [" ".join(srun) + " \\", "  " + " ".join(launcher) + " \\", "  " + " ".join(program)]
     if not case.checkpoints:
@@ -282,7 +284,7 @@ def render_sbatch(spec: WorkloadSpec) -> str:
 
 def pytorchjob(spec: WorkloadSpec) -> dict[str, Any]:
     """A Kubeflow training-operator PyTorchJob (kubeflow.org/v1) as a mapping."""
-    torch_cases = [name for name, case in cases.CASES.items() if case.launcher == "torchrun"]
+    torch_cases = cases.launched_by("torchrun")
     if spec.case not in torch_cases:
         raise ValueError(
             f"{spec.case} is not a torch case; a PyTorchJob runs only {', '.join(torch_cases)}"
