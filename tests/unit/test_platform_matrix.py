@@ -115,3 +115,46 @@ def test_bake_preflight_checks_the_os_against_the_matrix(tmp_path, versions):
         else:
             assert node_os <= set(expected)
     assert len(failures) < len(flavors), "this machine bakes some flavour (Debian 12: local)"
+
+
+def hcl_variables(path) -> dict:
+    with (ROOT / path).open() as handle:
+        return {k: v for block in hcl2.load(handle)["variable"] for k, v in block.items()}
+
+
+def listed(description: str) -> list[str]:
+    """The names in a description's closing parentheses: '... (gpu, neuron, cpu).'"""
+    return re.search(r"\(([^()]*)\)\.?$", description).group(1).split(", ")
+
+
+def test_packer_variables_name_the_matrix_as_it_is():
+    """The AMI template's variable descriptions (what `packer inspect` shows) and defaults are
+    the one place HCL repeats the matrix: they must list exactly its AMI flavours and OSes."""
+    ami = hcl_variables("packer/ami/variables.pkr.hcl")
+    assert listed(ami["flavor"]["description"]) == bakeami.flavors("ami")
+    assert listed(ami["os"]["description"]) == bakeami.operating_systems("ami")
+    assert ami["os"]["default"] == bakeami.operating_systems("ami")[0]
+    # The local template's default flavour is the one `mlcluster bake --target local` checks.
+    local = hcl_variables("packer/local.pkr.hcl")
+    assert local["flavor"]["default"] == bakeami.flavors("local")[0]
+
+
+def test_bake_preflight_offers_the_matrix_flavours(tmp_path, versions):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+                    },
+                    "hosts": {"bake-nope": {"mlcluster_image_flavor": "nope"}},
+                }
+            }
+        )
+    )
+    result = run_playbook("playbooks/bake_preflight.yml", inventory)
+    (error,) = result.errors
+    assert "Check the image flavour" in error
+    assert f"bake one of {', '.join(versions['platforms'])} (versions.yml, platforms;" in error
