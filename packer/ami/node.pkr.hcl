@@ -1,10 +1,11 @@
 # Accelerator node AMIs (the flavours and operating systems of versions.yml's platform matrix):
-# one amazon-ebs source, provisioned by playbooks/bake.yml through Ansible, tagged with the
+# one amazon-ebs source (the official Ubuntu image, or Canonical's Ubuntu EKS image for an EKS
+# worker flavour), provisioned by playbooks/bake.yml through Ansible, tagged with the
 # component versions from versions.yml, and the AMI id written by the manifest post-processor
 # (src/mlcluster/bakeami.py reads it back).
 
-# Packer 1.6.6 resolves only short chains of locals, so each one is computed from variables,
-# path.root and at most one other local.
+# Packer 1.6.6 resolves only short chains of locals, so they are kept short: the longest,
+# source_ami_name -> base -> platform -> versions, is evaluated by tests/bake/test_packer.py.
 locals {
   versions = yamldecode(file("${abspath(path.root)}/../../versions.yml")).mlcluster_versions
 
@@ -31,12 +32,25 @@ locals {
     }
   }[contains(local.platform, var.os) ? var.os : "${var.os} (not a platform of the ${var.flavor} flavour in versions.yml)"]
 
-  # One tag per component of the flavour, with the version versions.yml pins it to.
-  component_tags = {
-    for name, component in local.versions.components :
-    "mlcluster:${name}" => "${try(component.version, component.sdk, component.enroot, component.nvidia_container_toolkit)}"
-    if contains(local.versions.flavors[var.flavor], name)
-  }
+  # A flavour with eks_node is an EKS worker image: it starts from Canonical's Ubuntu EKS image
+  # of the Kubernetes version versions.yml validates against (the same OS, with the kubelet and
+  # /etc/eks/bootstrap.sh that role eks_node joins with).
+  eks_node        = contains(local.versions.flavors[var.flavor], "eks_node")
+  kubernetes      = local.versions.eks.kubernetes
+  source_ami_name = local.eks_node ? replace(local.base.name, "ubuntu/images/", "ubuntu-eks/k8s_${local.kubernetes}/images/") : local.base.name
+
+  # One tag per component of the flavour, with the version versions.yml pins it to (and, on an
+  # EKS image, the Kubernetes version it was baked for).
+  component_tags = merge(
+    {
+      for name, component in local.versions.components :
+      "mlcluster:${name}" => "${try(component.version, component.sdk, component.enroot, component.nvidia_container_toolkit)}"
+      if contains(local.versions.flavors[var.flavor], name)
+    },
+    {
+      for name in ["kubernetes"] : "mlcluster:${name}" => local.versions.eks[name] if local.eks_node
+    },
+  )
   name_tags = {
     "Name"             = "${var.ami_name_prefix}-${var.flavor}-${var.os}"
     "mlcluster:flavor" = var.flavor
@@ -54,7 +68,7 @@ source "amazon-ebs" "node" {
 
   source_ami_filter {
     filters = {
-      name                = local.base.name
+      name                = local.source_ami_name
       architecture        = "x86_64"
       root-device-type    = "ebs"
       virtualization-type = "hvm"

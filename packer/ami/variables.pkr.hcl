@@ -3,7 +3,7 @@
 # the variable itself, so these two are checked there.
 variable "flavor" {
   type        = string
-  description = "Image flavour: one whose platforms.<flavor>.target is ami in versions.yml (gpu, neuron, cpu)."
+  description = "Image flavour: one whose platforms.<flavor>.target is ami in versions.yml (gpu, neuron, cpu, eks)."
 }
 
 variable "os" {

@@ -277,3 +277,54 @@ def test_module_reports_missing_components_and_writes_only_when_asked(tmp_path):
 
     again = _run_module(args, check=False)
     assert not again["changed"]
+
+
+def _fake_tool(directory: Path, name: str, output: str) -> None:
+    tool = directory / name
+    tool.write_text(f"#!/bin/sh\necho '{output}'\n")
+    tool.chmod(0o755)
+
+
+def test_eks_node_reads_containerd_and_the_kubelet(tmp_path):
+    """An EKS worker image: containerd's and the kubelet's versions from their own --version
+    (the output of Debian 12's containerd and of a kubelet), the NVIDIA Container Toolkit alone
+    counting as the container runtime."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tool(
+        bin_dir,
+        "containerd",
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1",
+    )
+    _fake_tool(bin_dir, "kubelet", "Kubernetes v1.33.1-eks-b9b8a4f")
+    _fake_tool(bin_dir, "nvidia-ctk", "NVIDIA Container Toolkit CLI version 1.17.8")
+    result = _run_module(
+        {
+            "components": ["eks_node", "container_runtime"],
+            "dest": "",
+            "claims_dir": str(tmp_path),
+            "search_paths": {"eks_node": [str(bin_dir)], "container_runtime": [str(bin_dir)]},
+        },
+        check=True,
+    )
+    assert result["missing"] == []
+    eks = result["manifest"]["components"]["eks_node"]
+    assert (eks["present"], eks["version"], eks["kubelet"]) == (True, "1.6.20", "1.33.1")
+    runtime = result["manifest"]["components"]["container_runtime"]
+    assert runtime["present"] is True
+    assert runtime["nvidia_container_toolkit"] == "1.17.8"
+
+
+def test_eks_node_without_containerd_is_missing(tmp_path):
+    result = _run_module(
+        {
+            "components": ["eks_node"],
+            "dest": "",
+            "claims_dir": str(tmp_path),
+            "search_paths": {"eks_node": [str(tmp_path)]},
+        },
+        check=True,
+    )
+    if result["manifest"]["components"]["eks_node"]["present"]:
+        pytest.skip("this machine has containerd on PATH")
+    assert result["missing"] == ["eks_node: no containerd"]

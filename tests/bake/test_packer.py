@@ -112,7 +112,7 @@ def test_variables(template):
 def test_amazon_ebs_source(template):
     source = template["source"][0]["amazon-ebs"]["node"]
     ami_filter = source["source_ami_filter"][0]
-    assert ami_filter["filters"]["name"] == "${local.base.name}"
+    assert ami_filter["filters"]["name"] == "${local.source_ami_name}"
     assert ami_filter["filters"]["root-device-type"] == "ebs"
     assert ami_filter["owners"] == ["${local.base.owner}"]
     assert ami_filter["most_recent"] is True
@@ -175,6 +175,21 @@ def test_base_image_per_os(os_name, expected):
 
 
 @needs_packer
+@pytest.mark.parametrize(("flavor", "os_name"), PAIRS)
+def test_source_image_per_flavour(flavor, os_name, versions):
+    """Slurm flavours start from the official Ubuntu image, an EKS worker flavour (one with
+    eks_node) from Canonical's Ubuntu EKS image of the pinned Kubernetes version."""
+    plain = console("local.base", flavor, os_name)["name"]
+    name = console("local.source_ami_name", flavor, os_name)
+    if "eks_node" in versions["flavors"][flavor]:
+        kubernetes = versions["eks"]["kubernetes"]
+        assert name == plain.replace("ubuntu/images/", f"ubuntu-eks/k8s_{kubernetes}/images/")
+        assert name.startswith(f"ubuntu-eks/k8s_{kubernetes}/images/hvm-ssd")
+    else:
+        assert name == plain
+
+
+@needs_packer
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_template_reads_the_platform_matrix(flavor):
     assert console("local.platform", flavor, MATRIX[flavor]["os"][0]) == MATRIX[flavor]["os"]
@@ -194,6 +209,8 @@ def test_tags_carry_the_component_versions(flavor, versions):
             if key in component
         )
         expected[f"mlcluster:{name}"] = str(value)
+    if "eks_node" in versions["flavors"][flavor]:
+        expected["mlcluster:kubernetes"] = versions["eks"]["kubernetes"]
     assert console("local.component_tags", flavor, "ubuntu22.04") == expected
     assert console("local.name_tags", flavor, "ubuntu24.04") == {
         "Name": f"mlcluster-{flavor}-ubuntu24.04",

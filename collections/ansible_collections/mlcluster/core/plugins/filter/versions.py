@@ -98,8 +98,9 @@ CUDA_MIN_DRIVER = {
     "13.0.2": "580.95.05",
 }
 
-# Components that need no entry under `components` (nothing to pin).
-VERSIONLESS = frozenset({"tuning"})
+# Components that need no entry under `components` (nothing to pin): eks_node's containerd is
+# the distribution's, and the Kubernetes version of an EKS image is `eks.kubernetes`.
+VERSIONLESS = frozenset({"tuning", "eks_node"})
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -9,7 +9,8 @@ author: mlcluster developers
 short_description: Read back the accelerator software a node really has and record it
 description:
   - For each requested component (NVIDIA driver, CUDA toolkit, NCCL, EFA, aws-ofi-nccl,
-    GDRCopy, DCGM, container runtime, enroot/pyxis, Lustre client, Neuron, tuning) reads back
+    GDRCopy, DCGM, container runtime, enroot/pyxis, Lustre client, Neuron, tuning, the EKS node's
+    containerd and kubelet) reads back
     from the system what is installed, from the package database (dpkg or rpm), library files and
     their embedded version strings, C(nvcc --version), C(fi_info), the DKMS state and
     configuration files. Nothing is copied from versions.yml.
@@ -38,6 +39,7 @@ options:
       - lustre_client
       - neuron
       - tuning
+      - eks_node
   required:
     description: Components that must be present; defaults to all of O(components).
     type: list
@@ -176,6 +178,7 @@ COMPONENTS = [
     "lustre_client",
     "neuron",
     "tuning",
+    "eks_node",
 ]
 
 LIB_DIRS = [
@@ -442,8 +445,10 @@ def probe_dcgm(node: Node) -> dict:
 def probe_container_runtime(node: Node) -> dict:
     docker = node.find_executable("container_runtime", "docker")
     ctk = node.find_executable("container_runtime", "nvidia-ctk")
+    # Docker, or on an EKS worker image only the NVIDIA Container Toolkit (containerd is
+    # eks_node's); the role's record lists the packages it installed, which are checked too.
     return {
-        "present": docker is not None,
+        "present": docker is not None or ctk is not None,
         "version": parse_first_version(node.run([docker, "--version"]) or "", r"version ([^,\s]+)")
         if docker
         else None,
@@ -511,6 +516,31 @@ def probe_tuning(node: Node) -> dict:
     }
 
 
+def probe_eks_node(node: Node) -> dict:
+    """containerd, the runtime of the kubelet; the kubelet and the join tool come with the EKS
+    base image (reported, not required: a Debian test node has neither)."""
+    containerd = node.find_executable("eks_node", "containerd")
+    kubelet = node.find_executable("eks_node", "kubelet")
+    join_tool = next(
+        (path for path in ("/usr/bin/nodeadm", "/etc/eks/bootstrap.sh") if os.path.exists(path)),
+        None,
+    )
+    return {
+        "present": containerd is not None,
+        "version": parse_first_version(
+            node.run([containerd, "--version"]) or "", r"containerd \S+ v?(\d+\.\d+\.\d+)"
+        )
+        if containerd
+        else None,
+        "packages": node.packages_matching("containerd", "containerd.io"),
+        "kubelet": parse_first_version(node.run([kubelet, "--version"]) or "", r"v(\d+\.\d+\.\d+)")
+        if kubelet
+        else None,
+        "join_tool": join_tool,
+        "containerd_config": os.path.exists("/etc/containerd/config.toml"),
+    }
+
+
 PROBES = {name: globals()[f"probe_{name}"] for name in COMPONENTS}
 
 MISSING_HINTS = {
@@ -521,11 +551,12 @@ MISSING_HINTS = {
     "aws_ofi_nccl": "no aws-ofi-nccl plugin (libnccl-net*.so)",
     "gdrcopy": "no libgdrapi.so.2",
     "dcgm": "no dcgmi",
-    "container_runtime": "no docker",
+    "container_runtime": "no docker and no nvidia-ctk",
     "enroot_pyxis": "no enroot",
     "lustre_client": "no lfs",
     "neuron": "no Neuron runtime (aws-neuronx-runtime-lib)",
     "tuning": "no /etc/sysctl.d/95-mlcluster-tuning.conf",
+    "eks_node": "no containerd",
 }
 
 
