@@ -24,6 +24,8 @@ SPECIAL_TAGS = frozenset({"all", "always", "never", "tagged", "untagged"})
 _PLUGIN_FOR_SUFFIX = {".yml": ("auto", "yaml"), ".yaml": ("auto", "yaml"), ".json": ("yaml",)}
 _PARSE_FAILURE = re.compile(r"Failed to parse inventory with '([\w.]+)' plugin: (.+)")
 _ORIGIN = re.compile(r"^Origin: (\S+:\d+:\d+)\s*$", re.MULTILINE)
+# What Ansible's `bool` filter takes as true, as the add-ons play reads its switch.
+_TRUE_STRINGS = frozenset({"true", "yes", "on", "1", "y", "t"})
 
 
 def ansible_env() -> dict[str, str]:
@@ -99,18 +101,55 @@ def inventory_hosts(data: dict) -> list[str]:
     )
 
 
+def inventory_groups(data: dict) -> set[str]:
+    """Every group of ``ansible-inventory --list`` output, those without hosts included."""
+    return {
+        name
+        for group_name, group in data.items()
+        if group_name != "_meta" and isinstance(group, dict)
+        for name in [group_name, *(group.get("children") or [])]
+    }
+
+
+def localhost_vars(inventory: Path) -> dict:
+    """The variables the inventory gives the implicit localhost (its ``all`` group variables),
+    which plays on the machine Ansible runs on see."""
+    proc = _ansible("ansible-inventory", "-i", str(inventory), "--host", "localhost")
+    if proc.returncode != 0:
+        return {}
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return {}
+
+
+def eks_addons_enabled(inventory: Path) -> bool:
+    """Whether site.yml's EKS add-ons play (playbooks/eks.yml), which runs on the machine
+    Ansible runs on against a kubeconfig, has work to do on this inventory: it sets
+    ``mlcluster_eks_addons`` to a true boolean (a templated value cannot be told here)."""
+    value = localhost_vars(inventory).get("mlcluster_eks_addons", False)
+    return value is True or str(value).strip().lower() in _TRUE_STRINGS
+
+
 def check_targets(inventory: Path, limit: str | None = None) -> list[str]:
-    """The hosts a run would target; bad input when there are none."""
-    hosts = inventory_hosts(inventory_data(inventory, limit))
+    """The hosts a run would target; bad input when there are none, unless the inventory is one
+    of an EKS cluster whose add-ons play runs from this machine (then none: that play's
+    ``localhost`` is not an inventory host)."""
+    data = inventory_data(inventory, limit)
+    hosts = inventory_hosts(data)
     if hosts:
         return hosts
     everything = inventory_hosts(inventory_data(inventory)) if limit else []
     if not everything:
+        if not limit and eks_addons_enabled(inventory):
+            return []
         empty = inventory.is_file() and not inventory.read_text(errors="replace").strip()
+        eks = "eks_nodes" in inventory_groups(data)
         raise MlclusterError(
             f"inventory {inventory} "
             + ("is empty" if empty else "defines no hosts")
-            + " (a host belongs under all: hosts: or a group's hosts:)"
+            + " (a host belongs under all: hosts: or a group's hosts:"
+            + ("; without node hosts, mlcluster_eks_addons: true runs the add-ons)" if eks else ")")
         )
     shown = ", ".join(everything[:10])
     if len(everything) > 10:
