@@ -33,6 +33,7 @@ def cmd_deploy(args) -> int:
         tags=args.tags,
         check=args.check,
         display=ProgressDisplay(),
+        flush_cache=args.flush_cache,
     )
     print_summary(result)
     if report:
@@ -186,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--limit", help="only these hosts/groups (Ansible pattern)")
     deploy.add_argument("--tags", help="only tasks with these tags (comma-separated)")
     deploy.add_argument("--check", action="store_true", help="check mode: change nothing")
+    deploy.add_argument(
+        "--flush-cache",
+        action="store_true",
+        help="gather the hosts' facts again (they are kept between runs for an hour)",
+    )
     deploy.add_argument("--report", help="write a JSON report to this file")
     deploy.set_defaults(func=cmd_deploy)
 

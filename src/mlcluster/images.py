@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from . import podman
@@ -169,16 +171,41 @@ def ensure_node_image(base_image: str | None = None, force: bool = False, say=pr
         f"playbook={root / 'playbooks' / 'bake.yml'}",
         str(root / "packer" / "local.pkr.hcl"),
     ]
-    with log.open("w") as out:
-        proc = subprocess.run(
-            cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, check=False
-        )
+    returncode = _run_logged(cmd, root, env, log, say)
     export.unlink(missing_ok=True)
-    if proc.returncode != 0 or not podman.exists("image", tag):
+    if returncode != 0 or not podman.exists("image", tag):
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise MlclusterError(f"packer build failed (full log: {log}):\n{tail}")
     _prune_old_node_images(keep=tag)
     return tag
+
+
+# The lines of packer's output that name a step: Ansible's tasks and plays, packer's own stages.
+_STEP = re.compile(
+    r"(?:TASK|PLAY) \[(?P<name>[^\]]+)\]"
+    r"|==> (?P<packer>[\w.-]+: (?:Creating|Exporting|Running|Provisioning)[^\n]*)"
+)
+
+
+def _run_logged(cmd: list[str], root: Path, env: dict, log: Path, say, every_s: float = 5.0) -> int:
+    """Run packer with its whole output in `log`, and say the step it is at whenever a new one
+    starts at least `every_s` after the last line said (a bake takes minutes)."""
+    started = time.monotonic()
+    last_said = -every_s
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            match = _STEP.search(line)
+            now = time.monotonic()
+            if match and now - last_said >= every_s:
+                step = match["name"] or match["packer"]
+                say(f"  bake [{now - started:4.0f} s] {step.strip()}")
+                last_said = now
+        return proc.wait()
 
 
 def _prune_old_node_images(keep: str) -> None:

@@ -467,6 +467,12 @@ def up(
     write_known_hosts(state)
     wait_for_ssh(name, nodes)
     inv = write_inventory(state)
+    if started:
+        # New containers may have other addresses and hardware than the cached facts say.
+        from .runner import fact_cache_dir
+
+        for source in (inv.parent, inv):  # the inventory named by its directory or its file
+            shutil.rmtree(fact_cache_dir(source), ignore_errors=True)
     if platform == "hyperpod":
         local_hyperpod.prepare(state, say)
         local_hyperpod.run_lifecycle(state, say)

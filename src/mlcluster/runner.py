@@ -6,8 +6,10 @@ gets its own artifact directory under ``.mlcluster/runs`` (rotated).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -35,6 +37,9 @@ class RunState:
         default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
     )
     errors: list[str] = field(default_factory=list)
+    # Errors Ansible printed outside a host's task result (a task file that does not parse, an
+    # undefined variable in a play's hosts): the only reason given when a run fails on them.
+    run_errors: list[str] = field(default_factory=list)
     stats: dict | None = None
     # The plays' set_stats data (e.g. the configure layer's decisions under "accelerators").
     custom_stats: dict = field(default_factory=dict)
@@ -69,7 +74,9 @@ class RunState:
             self.errors.append(f"{host}: unreachable: {_message(data)}")
         elif kind == "runner_on_skipped" and host:
             self.hosts[host]["skipped"] += 1
-        elif kind == "playbook_on_stats":
+        elif not kind.startswith("runner_") and "[ERROR]" in (event.get("stdout") or ""):
+            self.run_errors.append(_printed_error(event["stdout"]))
+        if kind == "playbook_on_stats":
             self.stats = {
                 k: data.get(k) or {}
                 for k in ("ok", "changed", "failures", "dark", "skipped", "processed")
@@ -92,6 +99,17 @@ class RunState:
             }
             for host in sorted(names)
         }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _printed_error(stdout: str) -> str:
+    """The first lines of an error Ansible printed: the message and where it comes from."""
+    lines = [_ANSI.sub("", line).strip() for line in stdout.splitlines()]
+    start = next(i for i, line in enumerate(lines) if "[ERROR]" in line)
+    kept = [line for line in lines[start : start + 2] if line]
+    return " ".join(kept).replace("[ERROR]: ", "")[:600]
 
 
 def _message(data: dict) -> str:
@@ -177,6 +195,24 @@ def check_inventory(inventory: str | Path) -> Path:
     return path.resolve()
 
 
+# Facts gathered by a run are kept between runs (per inventory) for this long: a re-run does not
+# gather them again (ansible.cfg's `gathering = smart`). `local up` drops a local cluster's when
+# it starts new nodes; `--flush-cache` (flush_cache) drops them for one run.
+FACT_CACHE_TIMEOUT_S = 3600
+
+
+def fact_cache_dir(inventory: str | Path) -> Path:
+    """Where the facts of an inventory's hosts are kept between runs."""
+    key = hashlib.sha256(str(Path(inventory).resolve()).encode()).hexdigest()[:16]
+    return state_dir() / "facts" / key
+
+
+def _fact_cache_env() -> dict[str, str]:
+    # ansible-runner sets the plugin (jsonfile) and its directory (its `fact_cache` argument,
+    # by default a new one in each run's artifacts); the timeout is Ansible's.
+    return {"ANSIBLE_CACHE_PLUGIN_TIMEOUT": str(FACT_CACHE_TIMEOUT_S)}
+
+
 def run_playbook(
     playbook: str,
     inventory: str | Path,
@@ -187,6 +223,7 @@ def run_playbook(
     extravars: dict | None = None,
     display=None,
     extra_env: dict | None = None,
+    flush_cache: bool = False,
 ) -> RunResult:
     """Run a playbook of the project through ansible-runner and return its result."""
     import ansible_runner
@@ -205,8 +242,8 @@ def run_playbook(
     private = state_dir() / "runs" / ident
     private.mkdir(parents=True, exist_ok=True)
     _rotate_runs(private.parent)
-    env = {**ansible_env(), **(extra_env or {})}
-    cmdline = ["--check", "--diff"] if check else []
+    env = {**ansible_env(), **_fact_cache_env(), **(extra_env or {})}
+    cmdline = (["--check", "--diff"] if check else []) + (["--flush-cache"] if flush_cache else [])
 
     state = RunState()
     canceled = {"flag": False}
@@ -235,6 +272,9 @@ def run_playbook(
             cmdline=" ".join(cmdline) or None,
             extravars=extravars or {},
             envvars=env,
+            # An absolute path: ansible-runner joins it to the artifact directory.
+            fact_cache_type="jsonfile",
+            fact_cache=str(fact_cache_dir(inv)),
             event_handler=handler,
             cancel_callback=lambda: canceled["flag"],
             quiet=True,
@@ -248,7 +288,7 @@ def run_playbook(
         rc=runner.rc if runner.rc is not None else -1,
         status=status,
         hosts=_cluster_hosts(state.summary(), targets),
-        errors=state.errors,
+        errors=state.errors or (state.run_errors if status != "successful" else []),
         elapsed_s=state.elapsed,
         artifact_dir=str(Path(runner.config.artifact_dir)),
         playbook=playbook,

@@ -19,6 +19,7 @@ from mlcluster.runner import (
     RunResult,
     RunState,
     check_inventory,
+    fact_cache_dir,
     run_playbook,
 )
 
@@ -121,6 +122,39 @@ def test_the_implicit_localhost_is_reported_only_when_something_happened_there()
         "skipped": 0,
     }
     assert sorted(acting.hosts) == ["alpha", "beta", "localhost"]
+
+
+def test_an_error_printed_outside_a_task_result_is_the_reason_given():
+    # A task file that does not parse fails the run with no host's task failed: the reason is
+    # only in what Ansible printed, and the result must carry it.
+    result = run_playbook(playbook("broken_include.yml"), LOCAL_HOSTS)
+    assert result.exit_code != EXIT_OK
+    assert len(result.errors) == 1
+    assert "YAML parsing failed" in result.errors[0]
+    assert "tasks/broken.txt:5" in result.errors[0]
+
+
+def _gathered(result) -> bool:
+    stdout = next(Path(result.artifact_dir).rglob("stdout")).read_text()
+    return "TASK [Gathering Facts]" in stdout
+
+
+def test_facts_are_kept_between_runs_of_an_inventory_until_flushed(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_STATE", str(tmp_path / "state"))
+    first = run_playbook(playbook("gather.yml"), LOCAL_HOSTS)
+    assert first.exit_code == EXIT_OK and _gathered(first)
+    cache = fact_cache_dir(LOCAL_HOSTS)
+    assert cache.parent == tmp_path / "state" / "facts"
+    assert sorted(p.name.split("_", 1)[-1] for p in cache.iterdir()) == ["alpha", "beta"]
+    again = run_playbook(playbook("gather.yml"), LOCAL_HOSTS)
+    assert again.exit_code == EXIT_OK and not _gathered(again)
+    flushed = run_playbook(playbook("gather.yml"), LOCAL_HOSTS, flush_cache=True)
+    assert flushed.exit_code == EXIT_OK and _gathered(flushed)
+    # Another inventory of the same host names has its own facts.
+    other = tmp_path / "other.yml"
+    other.write_text(LOCAL_HOSTS.read_text())
+    assert fact_cache_dir(other) != cache
+    assert _gathered(run_playbook(playbook("gather.yml"), other))
 
 
 def test_unreachable_host_gives_its_own_exit():
