@@ -129,12 +129,17 @@ def compare(repeat: int) -> dict:
     return out
 
 
-def scale(computes: int, repeat: int) -> dict:
+def scale(computes: int, repeat: int, observability: bool = False) -> dict:
     name = f"sl{computes}"
     inventory = fresh_cluster(name, computes)
     try:
         cold = converge("site.yml", inventory, f"{name} cold")
         again = best([converge("site.yml", inventory, f"{name} idempotent") for _ in range(repeat)])
+        if observability:
+            # The deployed cluster's Prometheus, as bench.observability reads it (its section).
+            from bench import observability as obs
+
+            obs.main(["--name", name])
     finally:
         local.down(name=name, say=lambda _m: None)
     return {"computes": computes, "cold": cold, "again": again}
@@ -237,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", type=int, nargs="*", default=None, help="compute-node counts (e.g. 8 16)"
     )
     parser.add_argument("--no-compare", action="store_true", help="skip the yardstick comparison")
+    parser.add_argument(
+        "--observability",
+        type=int,
+        metavar="N",
+        help="also run bench.observability on the N-compute cluster of --scale before removing it",
+    )
     parser.add_argument("--json", help="also write the raw figures to this file")
     args = parser.parse_args(argv)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -247,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section("Slurm converge", body)
         print(body)
     if args.scale:
-        raw["scale"] = [scale(n, args.repeat) for n in args.scale]
+        raw["scale"] = [scale(n, args.repeat, n == args.observability) for n in args.scale]
         body = render_scale(raw["scale"], load)
         write_section("Slurm converge at scale", body)
         print(body)
