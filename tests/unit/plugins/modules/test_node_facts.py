@@ -382,3 +382,20 @@ def test_module_rejects_an_unknown_option(capsys):
     code, result = _run_module(capsys, {"sysfs": "/sys"})
     assert code == 1
     assert "sysfs" in result["msg"]
+
+
+def test_module_reads_the_install_records(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(node_facts, "find_fi_info", lambda: None)
+    installed = tmp_path / "installed"
+    installed.mkdir()
+    (installed / "munge").write_text("ab" * 32 + "\n")
+    (installed / "slurm").write_text("cd" * 32 + "\n")
+    (installed / ".munge.tmp").write_text("half-written")
+    args = {"sysfs_root": str(tmp_path), "manifest_path": str(tmp_path / "m")}
+    _, result = _run_module(capsys, {**args, "installed_dir": str(installed)})
+    assert result["ansible_facts"]["mlcluster_node"]["installed"] == {
+        "munge": "ab" * 32,
+        "slurm": "cd" * 32,
+    }
+    _, result = _run_module(capsys, {**args, "installed_dir": str(tmp_path / "none")})
+    assert result["ansible_facts"]["mlcluster_node"]["installed"] == {}

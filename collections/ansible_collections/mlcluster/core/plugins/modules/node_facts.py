@@ -35,6 +35,12 @@ options:
     description: The image manifest the bake wrote (C(mlcluster.core.image_manifest)).
     type: path
     default: /etc/mlcluster/manifest.json
+  installed_dir:
+    description:
+      - Where each role's install phase records the digest of its inputs when it has run
+        (C(mlcluster.core.install_digest)); read back as RV(ansible_facts.mlcluster_node.installed).
+    type: path
+    default: /etc/mlcluster/installed
   efa_probe:
     description: Run C(fi_info -p efa) (C(/opt/amazon/efa/bin) first, then PATH).
     type: bool
@@ -101,6 +107,11 @@ ansible_facts:
         efa_provider:
           description: C({present, fi_info, reason}) of C(fi_info -p efa).
           type: dict
+        installed:
+          description:
+            - Role name to the digest its install phase recorded in O(installed_dir) (empty
+              where no install phase has recorded one).
+          type: dict
 """
 
 import os  # noqa: E402
@@ -131,12 +142,29 @@ def probe_efa_provider(module: AnsibleModule) -> dict:
     return efa_provider_result(fi_info, rc, out, err)
 
 
+def read_installed(directory: str) -> dict:
+    """Role name -> the digest its install phase recorded (one file a role)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return {}
+    installed = {}
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        with open(path, encoding="ascii", errors="replace") as handle:
+            installed[name] = handle.read().strip()
+    return installed
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
             "sysfs_root": {"type": "path", "default": "/sys"},
             "manifest_path": {"type": "path", "default": "/etc/mlcluster/manifest.json"},
             "efa_probe": {"type": "bool", "default": True},
+            "installed_dir": {"type": "path", "default": "/etc/mlcluster/installed"},
         },
         supports_check_mode=True,
     )
@@ -146,6 +174,7 @@ def main():
         manifest_path=params["manifest_path"],
         efa_probe=probe_efa_provider(module) if params["efa_probe"] else None,
     )
+    facts["installed"] = read_installed(params["installed_dir"])
     module.exit_json(changed=False, ansible_facts={"mlcluster_node": facts})
 
 

@@ -1,0 +1,142 @@
+"""Lookup plugin returning the digest of what a role's install phase does."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: install_digest
+author: mlcluster developers
+short_description: Digest of the inputs of a role's install phase
+description:
+  - Returns one digest per role named, SHA-256 over the role's files that its install phase can
+    read (every file of the role but the configure phase's task files, its handlers and its
+    README), the version manifest, and the collection's plugins.
+  - The install phase records it on the node when it has run (C(/etc/mlcluster/installed/ROLE)),
+    in the image bake as in a deploy; site.yml runs only the configure phase of a role whose
+    recorded digest is the one of this checkout, so that a node made from the baked image does
+    not install again what the image holds. Any change to those inputs runs the install phase
+    again.
+options:
+  _terms:
+    description: Role names.
+    required: true
+    type: list
+    elements: str
+  roles_dir:
+    description: The roles directory. Defaults to C(roles) next to the playbook directory.
+    type: path
+  versions_file:
+    description: The version manifest. Defaults to C(versions.yml) next to the roles directory.
+    type: path
+notes:
+  - The values, as this host sees them, of the role's variables that the install phase reads
+    (the C(<role>_*) names in its install task files, vars, templates and files; not those only
+    its defaults or argument specs name) are part of the digest, so an inventory that sets
+    another C(common_packages) runs the install phase again.
+"""
+
+EXAMPLES = r"""
+- name: Show the digest of the common role's install phase
+  ansible.builtin.debug:
+    msg: "{{ lookup('mlcluster.core.install_digest', 'common') }}"
+"""
+
+RETURN = r"""
+_list:
+  description: One hexadecimal SHA-256 digest per role, in the order named.
+  type: list
+  elements: str
+"""
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+from functools import lru_cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ansible.errors import AnsibleLookupError  # noqa: E402
+from ansible.plugins.lookup import LookupBase  # noqa: E402
+
+# Files of a role that only the configure phase reads (as for the local node image's inputs,
+# src/mlcluster/images.py).
+CONFIGURE_ONLY = ("tasks/configure", "handlers/", "README.md")
+PLUGINS_DIR = Path(__file__).resolve().parents[1]
+
+
+def install_inputs(role_dir: Path, versions_file: Path) -> list[Path]:
+    files = [
+        path
+        for path in sorted(role_dir.rglob("*"))
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and not any(part in path.relative_to(role_dir).as_posix() for part in CONFIGURE_ONLY)
+    ]
+    if versions_file.is_file():
+        files.append(versions_file)
+    files += sorted(
+        p for p in PLUGINS_DIR.rglob("*.py") if p.is_file() and "__pycache__" not in p.parts
+    )
+    return files
+
+
+# Where a name the install phase reads can appear (defaults and argument specs name every
+# variable of the role, also the configure phase's).
+_READERS = ("tasks/", "vars/", "templates/", "files/")
+
+
+@lru_cache(maxsize=64)
+def install_variables(role_dir: Path, stamp: tuple) -> tuple[str, ...]:
+    """The role's variables (<role>_*) that its install inputs name."""
+    pattern = re.compile(rf"\b{re.escape(role_dir.name)}_[a-z0-9_]+\b")
+    names: set[str] = set()
+    for path in install_inputs(role_dir, Path("/nonexistent")):
+        if role_dir not in path.parents:
+            continue
+        if not path.relative_to(role_dir).as_posix().startswith(_READERS):
+            continue
+        names.update(pattern.findall(path.read_text(errors="replace")))
+    return tuple(sorted(names))
+
+
+@lru_cache(maxsize=64)
+def _files_digest(role_dir: Path, versions_file: Path, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for path in install_inputs(role_dir, versions_file):
+        name = path.relative_to(role_dir).as_posix() if role_dir in path.parents else path.name
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def install_digest(role_dir: Path, versions_file: Path, values: dict | None = None) -> str:
+    """The digest of a role's install inputs and of its variables' values (the files' part is
+    cached while no input file changes)."""
+    if not role_dir.is_dir():
+        raise AnsibleLookupError(f"role directory {role_dir} does not exist")
+    inputs = install_inputs(role_dir, versions_file)
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in inputs)
+    digest = hashlib.sha256(_files_digest(role_dir, versions_file, stamp).encode())
+    digest.update(json.dumps(values or {}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        self.set_options(var_options=variables, direct=kwargs)
+        roles_dir = self.get_option("roles_dir")
+        if not roles_dir:
+            playbook_dir = (variables or {}).get("playbook_dir", ".")
+            roles_dir = str(Path(playbook_dir).parent / "roles")
+        roles = Path(roles_dir).resolve()
+        versions = Path(self.get_option("versions_file") or roles.parent / "versions.yml")
+        variables = variables or {}
+        result = []
+        for term in terms:
+            role_dir = roles / str(term)
+            if not role_dir.is_dir():
+                raise AnsibleLookupError(f"role directory {role_dir} does not exist")
+            stamp = tuple(
+                (str(p), p.stat().st_mtime_ns) for p in install_inputs(role_dir, versions)
+            )
+            names = [n for n in install_variables(role_dir, stamp) if n in variables]
+            values = {n: self._templar.template(variables[n]) for n in names}
+            result.append(install_digest(role_dir, versions.resolve(), values))
+        return result

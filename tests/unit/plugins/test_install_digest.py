@@ -1,0 +1,80 @@
+"""The install_digest lookup: what changes a role's install digest and what does not."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from ansible.errors import AnsibleLookupError
+
+from mlcluster import images
+from mlcluster.paths import project_root
+
+from .loader import load_plugin
+
+lookup = load_plugin("lookup", "install_digest")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    roles = tmp_path / "roles"
+    shutil.copytree(project_root() / "roles" / "munge", roles / "munge")
+    shutil.copy(project_root() / "versions.yml", tmp_path / "versions.yml")
+    return tmp_path
+
+
+def digest(tree):
+    return lookup.install_digest(tree / "roles" / "munge", tree / "versions.yml")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["tasks/install.yml", "tasks/main.yml", "defaults/main.yml", "meta/argument_specs.yml"],
+)
+def test_an_install_input_changes_the_digest(tree, path):
+    before = digest(tree)
+    target = tree / "roles" / "munge" / path
+    target.write_text(target.read_text() + "\n# changed\n")
+    assert digest(tree) != before
+
+
+def test_the_version_manifest_changes_the_digest(tree):
+    before = digest(tree)
+    (tree / "versions.yml").write_text((tree / "versions.yml").read_text() + "\n# changed\n")
+    assert digest(tree) != before
+
+
+@pytest.mark.parametrize("path", ["tasks/configure.yml", "handlers/main.yml", "README.md"])
+def test_what_only_the_configure_phase_reads_does_not(tree, path):
+    before = digest(tree)
+    target = tree / "roles" / "munge" / path
+    target.write_text(target.read_text() + "\n# changed\n")
+    assert digest(tree) == before
+
+
+def test_the_same_rule_as_the_local_images_inputs():
+    assert lookup.CONFIGURE_ONLY == images._CONFIGURE_ONLY
+
+
+def test_a_role_that_does_not_exist_is_an_error(tree):
+    with pytest.raises(AnsibleLookupError, match="does not exist"):
+        lookup.install_digest(tree / "roles" / "nosuchrole", tree / "versions.yml")
+
+
+def test_the_variables_the_install_phase_reads_are_those_of_its_files(tree):
+    role = tree / "roles" / "munge"
+    inputs = lookup.install_inputs(role, tree / "versions.yml")
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in inputs)
+    names = lookup.install_variables(role, stamp)
+    # munge's install phase reads the key's path (to remove the key the package made); the key's
+    # host and size are the configure phase's.
+    assert "munge_key_path" in names
+    assert "munge_key_host" not in names and "munge_rotate_key" not in names
+
+
+def test_the_values_of_the_variables_change_the_digest(tree):
+    role, versions = tree / "roles" / "munge", tree / "versions.yml"
+    base = lookup.install_digest(role, versions, {"munge_key_path": "/etc/munge/munge.key"})
+    other = lookup.install_digest(role, versions, {"munge_key_path": "/srv/munge.key"})
+    assert base != other
+    assert base == lookup.install_digest(role, versions, {"munge_key_path": "/etc/munge/munge.key"})
