@@ -35,6 +35,8 @@ class RunState:
         default_factory=lambda: defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
     )
     errors: list[str] = field(default_factory=list)
+    # "host: task" for each task result that reported a change.
+    changed_tasks: list[str] = field(default_factory=list)
     stats: dict | None = None
     # The plays' set_stats data (e.g. the configure layer's decisions under "accelerators").
     custom_stats: dict = field(default_factory=dict)
@@ -58,6 +60,7 @@ class RunState:
             counters["ok"] += 1
             if (data.get("res") or {}).get("changed"):
                 counters["changed"] += 1
+                self.changed_tasks.append(f"{host}: {data.get('task', '')}")
         elif kind == "runner_on_failed" and host:
             if data.get("ignore_errors"):
                 self.hosts[host]["ok"] += 1
