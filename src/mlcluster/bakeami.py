@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 
 import yaml
@@ -88,14 +87,7 @@ def check_platform(
 
 def _version_rules():
     """The collection's version filter (the rules the bake preflight applies), as a module."""
-    path = (
-        paths.project_root()
-        / "collections/ansible_collections/mlcluster/core/plugins/filter/versions.py"
-    )
-    spec = spec_from_file_location("mlcluster_core_filter_versions", path)
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return paths.load_plugin("filter", "versions")
 
 
 def packer_version(packer: str) -> tuple[int, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import podman
 from .errors import MlclusterError
-from .paths import project_root, state_dir, venv_bin
+from .paths import collection_plugins, project_root, state_dir, venv_bin
 
 BASE_IMAGE = "localhost/mlcluster-base:bookworm"
 NODE_REPO = "localhost/mlcluster-node"
@@ -46,12 +46,14 @@ def bake_inputs() -> list[Path]:
     files += sorted((root / "playbooks").glob("bake*.yml"))
     if (root / "versions.yml").exists():
         files.append(root / "versions.yml")
-    for path in sorted((root / "roles").rglob("*")):
-        rel = path.relative_to(root / "roles").as_posix()
-        if path.is_file() and not any(part in rel for part in _CONFIGURE_ONLY):
-            files.append(path)
-    plugins = root / "collections" / "ansible_collections" / "mlcluster" / "core" / "plugins"
-    files += sorted(p for p in plugins.rglob("*.py") if p.is_file())
+    collection = collection_plugins().parent
+    # The project's roles and the collection's (the pieces they share, mlcluster.core.component).
+    for roles in (root / "roles", collection / "roles"):
+        for path in sorted(roles.rglob("*")):
+            rel = path.relative_to(roles).as_posix()
+            if path.is_file() and not any(part in rel for part in _CONFIGURE_ONLY):
+                files.append(path)
+    files += sorted(p for p in (collection / "plugins").rglob("*.py") if p.is_file())
     return files
 
 

@@ -40,6 +40,8 @@ class RunState:
     # Errors Ansible printed outside a host's task result (a task file that does not parse, an
     # undefined variable in a play's hosts): the only reason given when a run fails on them.
     run_errors: list[str] = field(default_factory=list)
+    # "host: task" for each task result that reported a change.
+    changed_tasks: list[str] = field(default_factory=list)
     stats: dict | None = None
     # The plays' set_stats data (e.g. the configure layer's decisions under "accelerators").
     custom_stats: dict = field(default_factory=dict)
@@ -63,6 +65,7 @@ class RunState:
             counters["ok"] += 1
             if (data.get("res") or {}).get("changed"):
                 counters["changed"] += 1
+                self.changed_tasks.append(f"{host}: {data.get('task', '')}")
         elif kind == "runner_on_failed" and host:
             if data.get("ignore_errors"):
                 self.hosts[host]["ok"] += 1

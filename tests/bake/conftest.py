@@ -1,13 +1,10 @@
-"""Shared helpers of the bake tests: the version manifest, the plugins, ansible-playbook runs."""
+"""Shared helpers of the bake tests: the version manifest, ansible-playbook runs, podman nodes."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,24 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlcluster.inputs import ansible_env
+from mlcluster.runner import RunState
+
 ROOT = Path(__file__).resolve().parents[2]
-PLUGINS = ROOT / "collections" / "ansible_collections" / "mlcluster" / "core" / "plugins"
-
-
-def load_plugin(kind: str, name: str):
-    """Import a collection plugin (filter, module) as a plain Python module.
-
-    Its ``ansible_collections.mlcluster.core.plugins.module_utils`` imports resolve as in
-    Ansible once ``collections/`` is on the path (``ansible_collections`` is a namespace
-    package, shared with the collections of the ``ansible`` package)."""
-    if str(ROOT / "collections") not in sys.path:
-        sys.path.append(str(ROOT / "collections"))
-    spec = importlib.util.spec_from_file_location(
-        f"mlcluster_bake_test_{kind}_{name}", PLUGINS / kind / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -68,17 +51,8 @@ def run_playbook(
     and return its stats and the names of the tasks that reported a change."""
     import ansible_runner
 
-    changed_tasks: list[str] = []
-    custom_stats: dict = {}
-
-    def on_event(event: dict) -> bool:
-        data = event.get("event_data") or {}
-        if event.get("event") == "playbook_on_stats":
-            custom_stats.update(data.get("artifact_data") or {})
-        if event.get("event") == "runner_on_ok" and (data.get("res") or {}).get("changed"):
-            changed_tasks.append(f"{data.get('host')}: {data.get('task')}")
-        return True
-
+    # The CLI's event handling (stats, set_stats data, changed tasks) and Ansible environment.
+    state = RunState()
     private = tmp_path / f"runner-{playbook.stem}-{len(list(tmp_path.glob('runner-*')))}"
     private.mkdir(parents=True)
     result = ansible_runner.run(
@@ -90,16 +64,18 @@ def run_playbook(
             (["--check"] if check else []) + ([f"--skip-tags={skip_tags}"] if skip_tags else [])
         )
         or None,
-        envvars={
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        },
-        event_handler=on_event,
+        envvars=ansible_env(),
+        event_handler=state.handle,
         quiet=True,
     )
     stdout = result.stdout.read() if result.stdout else ""
     return PlaybookRun(
-        result.status, result.rc, result.stats or {}, changed_tasks, stdout, custom_stats
+        result.status,
+        result.rc,
+        result.stats or {},
+        state.changed_tasks,
+        stdout,
+        state.custom_stats,
     )
 
 

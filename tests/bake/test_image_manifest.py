@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, load_plugin
+from mlcluster.paths import load_plugin
+
+from .conftest import ROOT
 
 m = load_plugin("modules", "image_manifest")
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from .conftest import ROOT, load_plugin
+from mlcluster.paths import load_plugin
+
+from .conftest import ROOT
 
 rules = load_plugin("filter", "versions")
 

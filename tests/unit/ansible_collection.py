@@ -14,7 +14,7 @@ def init_collection_loader() -> None:
     """Install the loader once per process.
 
     Other tests import the collection's modules as plain packages (collections/ on sys.path,
-    tests/unit/plugins/loader.py); those sys.modules entries would hide mlcluster.core from the
+    mlcluster.paths.load_plugin); those sys.modules entries would hide mlcluster.core from the
     loader, so they are dropped first. The modules that already hold them keep working.
     """
     if AnsibleCollectionConfig.collection_finder is not None:

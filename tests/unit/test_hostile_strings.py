@@ -19,9 +19,9 @@ from mlcluster import workload_run
 from mlcluster.display import ProgressDisplay, counters_table, print_summary
 from mlcluster.errors import MlclusterError
 from mlcluster.jobfollow import JobFollower, parse_scontrol
+from mlcluster.paths import load_plugin
 from mlcluster.runner import EXIT_FAILED, RunResult, RunState, run_playbook
 
-from .plugins.loader import load_plugin
 from .test_slurm_rendered import CGROUP_V2, NO_GPU, _inventory, _node, _render_role
 from .test_workload_run import JOB_ID, FakeController, scontrol_line
 

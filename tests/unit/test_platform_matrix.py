@@ -12,10 +12,8 @@ import pytest
 import yaml
 
 from mlcluster import bakeami, cli
-from mlcluster.paths import project_root
+from mlcluster.paths import load_plugin, project_root
 from mlcluster.runner import run_playbook
-
-from .plugins.loader import load_plugin
 
 rules = load_plugin("filter", "versions")
 ROOT = project_root()

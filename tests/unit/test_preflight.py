@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlcluster.paths import project_root
+from mlcluster.paths import load_plugin, project_root
 from mlcluster.runner import EXIT_FAILED, EXIT_OK, run_playbook
-
-from .plugins.loader import load_plugin
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HOSTS = FIXTURES / "preflight-hosts.yml"

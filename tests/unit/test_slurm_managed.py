@@ -13,10 +13,8 @@ import pytest
 import yaml
 
 from mlcluster import local, local_hyperpod
-from mlcluster.paths import project_root
+from mlcluster.paths import load_plugin, project_root
 from mlcluster.runner import EXIT_OK, run_playbook
-
-from .plugins.loader import load_plugin
 
 managed = load_plugin("filter", "slurm_managed")
 slurm_conf = load_plugin("filter", "slurm_conf")

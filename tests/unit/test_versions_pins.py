@@ -16,9 +16,7 @@ import tarfile
 import pytest
 import yaml
 
-from mlcluster.paths import project_root
-
-from .plugins.loader import load_plugin
+from mlcluster.paths import load_plugin, project_root
 
 rules = load_plugin("filter", "versions")
 ROOT = project_root()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 slurm_conf = load_plugin("filter", "slurm_conf")
 

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 versions = load_plugin("filter", "versions")
 

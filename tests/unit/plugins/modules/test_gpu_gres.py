@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 gpu_gres = load_plugin("modules", "gpu_gres")
 

@@ -17,7 +17,7 @@ from bake.stub_devices import (
     gpu_node_sysfs,
 )
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 node_facts = load_plugin("modules", "node_facts")
 node = load_plugin("module_utils", "node")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 wheelhouse = load_plugin("modules", "wheelhouse")
 

@@ -9,7 +9,7 @@ short_description: Digest of the inputs of a role's install phase
 description:
   - Returns one digest per role named, SHA-256 over the role's files that its install phase can
     read (every file of the role but the configure phase's task files, its handlers and its
-    README), the version manifest, and the collection's plugins.
+    README), the version manifest, and the collection's plugins and roles.
   - The install phase records it on the node when it has run (C(/etc/mlcluster/installed/ROLE)),
     in the image bake as in a deploy; site.yml runs only the configure phase of a role whose
     recorded digest is the one of this checkout, so that a node made from the baked image does
@@ -75,6 +75,8 @@ def install_inputs(role_dir: Path, versions_file: Path) -> list[Path]:
     files += sorted(
         p for p in PLUGINS_DIR.rglob("*.py") if p.is_file() and "__pycache__" not in p.parts
     )
+    # The collection's own roles (shared pieces a role's install phase may include).
+    files += sorted(p for p in (PLUGINS_DIR.parent / "roles").rglob("*") if p.is_file())
     return files
 
 
