@@ -8,9 +8,7 @@ import pytest
 from ansible.errors import AnsibleLookupError
 
 from mlcluster import images
-from mlcluster.paths import project_root
-
-from .loader import load_plugin
+from mlcluster.paths import load_plugin, project_root
 
 lookup = load_plugin("lookup", "install_digest")
 

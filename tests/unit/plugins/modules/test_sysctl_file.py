@@ -7,7 +7,7 @@ import json
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ..loader import load_plugin
+from mlcluster.paths import load_plugin
 
 sysctl_file = load_plugin("modules", "sysctl_file")
 
