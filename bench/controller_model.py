@@ -149,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({os.cpu_count()} cores); it divides by the cores of a bigger controller (Ansible's "
             "workers are processes), e.g. about "
             f"{ctrl / 60 * os.cpu_count() / 32:.0f} min on 32 cores;",
-            "- the nodes' side adds the round trip of each task for each batch of `forks` hosts: "
-            "with forks >= the controller's cores x 4 the round trips overlap the controller's "
-            "work, so the controller's cost above is the floor;",
+            "- the modules ran on this controller too, so the per host-task figure is an upper "
+            "bound of the controller's own share;",
+            "- forks: the nodes' round trips overlap the controller's work only while forks keep "
+            "its cores busy (bench/slurm_converge's CPU column); a bigger controller needs forks "
+            "of a few times its cores (an assumption, not measured here);",
             "- assumptions: one SSH ControlMaster per host kept for the run (ControlPersist), "
             "pipelining on, the same tasks per node as here (the controller's plays run once, "
             "not per node), facts cached between runs (no gathering), no host failing.",

@@ -204,6 +204,10 @@ def render_compare(r: dict, load: str) -> str:
     return "\n".join(lines)
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def render_scale(results: list[dict], load: str) -> str:
     lines = [
         f"Measured on {machine()}; load average at the start {load}.",
@@ -220,7 +224,7 @@ def render_scale(results: list[dict], load: str) -> str:
         lines.append(
             f"| {r['computes']} | {r['cold']['seconds']:.0f} s | {r['again']['seconds']:.0f} s "
             f"({runs}) | {r['again']['changed']} | {r['again']['host_tasks']} "
-            f"| {r['again']['cpu_busy']:.0%} |"
+            f"| {_share(r['again'].get('cpu_busy'))} |"
         )
     if len(results) >= 2:
         a, b = results[0], results[-1]
