@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, load_plugin, run_playbook
+from mlcluster.paths import load_plugin
+
+from .conftest import ROOT, run_playbook
 
 rules = load_plugin("filter", "versions")
 PLAYBOOKS = ("bake_base.yml", "bake_accelerators.yml", "bake_observability.yml")
