@@ -374,6 +374,36 @@ def write_inventory(state: ClusterState) -> Path:
     return path
 
 
+def _require_running(name: str, node: Node) -> None:
+    """A restarted node that exits at once (its systemd failed to boot) is named with its last
+    log lines, before anything waits on it."""
+    for _ in range(10):
+        time.sleep(0.5)
+        if not podman.inspect(node.container)["State"]["Running"]:
+            logs = podman.run(["logs", "--tail", "10", node.container], check=False)
+            raise MlclusterError(
+                f"node {node.hostname} ({node.container}) stopped right after it was started "
+                f"again; its last log lines:\n{(logs.stdout + logs.stderr).strip()}\n"
+                f"`mlcluster local down --name {name}` and up again makes the cluster anew"
+            )
+
+
+def _remove_orphans(name: str, say) -> None:
+    """Remove the containers of an earlier cluster of this name whose state is gone (its state
+    directory deleted, or left by a run that was killed before a reboot): nothing here holds their
+    SSH keys, so they cannot be reached, and starting them would only fail later. The network and
+    the /fsx volume stay (they carry the cluster's label and hold no keys)."""
+    orphans = [ctr["Names"][0] for ctr in podman.containers_with_label(f"{LABEL}={name}")]
+    if not orphans:
+        return
+    say(
+        f"cluster {name}: no state recorded here; removing its containers left from an earlier "
+        f"run: {', '.join(sorted(orphans))}"
+    )
+    for ctr_name in orphans:
+        podman.run(["rm", "-f", "-t", "5", ctr_name])
+
+
 def up(
     name: str = DEFAULT_NAME,
     computes: int = 2,
@@ -454,6 +484,8 @@ def up(
             podman.name_bridge(state.network, f"mlc{zlib.crc32(name.encode()):08x}")
     if not podman.exists("volume", state.volume):
         podman.run(["volume", "create", "--label", f"{LABEL}={name}", state.volume])
+    if previous is None:
+        _remove_orphans(name, say)
     pubkey = _ssh_key(name).with_suffix(".pub").read_text()
     started = []
     for node in nodes:
@@ -461,6 +493,7 @@ def up(
             running = podman.inspect(node.container)["State"]["Running"]
             if not running:
                 _start_container(node.container)
+                _require_running(name, node)
             continue
         _start_node(state, node, nodes, privileged, pubkey, extra_args)
         started.append(node.hostname)

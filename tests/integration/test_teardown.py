@@ -8,6 +8,7 @@ use has cut the other cluster's nodes off on podman 4.3 hosts, so the clusters t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -40,6 +41,24 @@ def test_down_removes_everything(tmp_path):
     assert sorted(r["hostname"] for r in rows) == ["compute1", "controller", "login1"]
     label = f"io.mlcluster.cluster={name}"
     assert len(podman_names("container", label)) == 3
+    # Its state lost while its containers stay, stopped (a run killed before a reboot): up
+    # makes the nodes anew (nothing here holds the old ones' keys) instead of failing on them.
+    old_ids = set(podman_names("container", label))
+    subprocess.run(
+        ["podman", "stop", "-t", "5", *old_ids], check=True, capture_output=True, timeout=120
+    )
+    shutil.rmtree(state / "clusters" / name)
+    again = mlcluster("local", "up", "--name", name, "--computes", "1")
+    assert (
+        f"cluster {name}: no state recorded here; removing its containers left from an earlier "
+        f"run: {name}-compute1, {name}-controller, {name}-login1"
+    ) in again.stdout
+    rows = Cluster(name, state).status()
+    assert [(r["hostname"], r["state"]) for r in rows] == [
+        ("compute1", "running"),
+        ("controller", "running"),
+    ]
+    assert Cluster(name, state).ssh("controller", "hostname").stdout.strip() == "controller"
     mlcluster("local", "down", "--name", name)
     assert podman_names("container", label) == []
     assert podman_names("network", label) == []

@@ -277,6 +277,25 @@ def _rule_ofi_nccl(comps: dict, present: set) -> list[str]:
     return errors
 
 
+def _rule_dcgm_exporter(versions: dict, present: set) -> list[str]:
+    """The image's dcgm-exporter is the release the EKS add-on's chart runs."""
+    if "dcgm" not in present:
+        return []
+    exporter = (_components(versions).get("dcgm") or {}).get("exporter")
+    chart = (((versions.get("eks") or {}).get("addons") or {}).get("dcgm_exporter") or {}).get(
+        "version"
+    )
+    if not exporter:
+        return ["dcgm: no `exporter` release (the dcgm-exporter package the image installs)."]
+    if chart and str(chart) != str(exporter):
+        return [
+            f"dcgm: exporter {exporter} is not the release of the EKS add-on's chart "
+            f"(eks.addons.dcgm_exporter {chart}); Slurm and EKS nodes would export different "
+            "fields."
+        ]
+    return []
+
+
 def _rule_downloads(versions: dict, present: set) -> list[str]:
     sources = versions.get("sources") or {}
     errors = []
@@ -366,6 +385,7 @@ def version_errors(versions: dict, flavor: str, mirror_base: str = "") -> list[s
     errors += _rule_cuda_driver(comps, present)
     errors += _rule_nccl_cuda(comps, present)
     errors += _rule_ofi_nccl(comps, present)
+    errors += _rule_dcgm_exporter(versions, present)
     errors += _rule_downloads(versions, present)
     return errors
 
