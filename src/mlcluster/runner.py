@@ -21,6 +21,8 @@ from .errors import MlclusterError
 from .inputs import ansible_env, check_tags, check_targets
 from .paths import project_root, state_dir
 
+# Run directories kept (the newest); MLCLUSTER_KEEP_RUNS raises it (the tests keep every run
+# of a session for the secret scan of tests/integration/test_teardown.py).
 KEEP_RUNS = 20
 COUNTERS = ("ok", "changed", "failures", "unreachable", "skipped")
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_CANCELED = 0, 1, 3, 130
@@ -316,6 +318,7 @@ def _rotate_runs(runs_dir: Path) -> None:
     """Keep the newest KEEP_RUNS run directories."""
     import shutil
 
+    keep = int(os.environ.get("MLCLUSTER_KEEP_RUNS") or KEEP_RUNS)
     runs = sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in runs[:-KEEP_RUNS]:
+    for old in runs[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

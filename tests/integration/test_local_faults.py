@@ -1,7 +1,8 @@
 """Real faults on the session's cluster, each undone before the next test: a node answering
 with another SSH host key is refused, a compute node stopped before a deploy leaves the others
 configured and working (exit code 3 names it) and the rerun with the node back converges with
-nothing else changed, and a job survives a restart of slurmctld.
+nothing else changed, a job survives a restart of slurmctld, and a compute node killed during a
+2-node ddp job costs the job its steps since the last checkpoint, nothing more.
 
 Runs after the deploy tests (file order) on the deployed cluster and leaves it as it found it:
 every node up, Slurm idle.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -120,13 +122,7 @@ def test_a_stopped_compute_node_leaves_the_others_working(cluster, deploys, tmp_
         assert out.split() == ["compute1"]
     finally:
         subprocess.run(["podman", "start", container], check=True, capture_output=True)
-        node = next(
-            n
-            for n in local.ClusterState.load(
-                cluster.state_dir / "clusters" / cluster.name / "state.json"
-            ).nodes
-            if n.container == container
-        )
+        node = next(n for n in _nodes(cluster) if n.container == container)
         local.wait_for_ssh(cluster.name, [node])
 
     rc, report = deploy(cluster, tmp_path / "back.json")
@@ -162,3 +158,101 @@ def test_a_running_job_survives_a_slurmctld_restart(cluster, deploys):
     assert (state["JobState"], state["ExitCode"], state["Restarts"]) == ("COMPLETED", "0:0", "0")
     assert cluster.ssh("controller", f"cat /fsx/ctld-restart-{job}.out").stdout == "finished\n"
     cluster.ssh("controller", f"rm -f /fsx/ctld-restart-{job}.out")
+
+
+# A ddp run long enough to be killed part-way (a few hundred ms a step on the local nodes):
+# the same seed and global batch for the run that is killed and the one that is not.
+KILLED_DDP = ["--steps", "120", "--hidden", "512", "--depth", "4", "--checkpoint-every", "10"]
+
+
+def _ddp_run(cluster: Cluster, report, wait: bool = True):
+    argv = [
+        sys.executable, "-m", "mlcluster.cli", "run", "ddp", "-i", str(cluster.inventory),
+        "--nodes", "2", "--timeout", "15", "--report", str(report), "--", *KILLED_DDP,
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if wait:
+        out, _ = proc.communicate(timeout=1200)
+        assert proc.returncode == EXIT_OK, out[-3000:]
+        return json.loads(report.read_text())
+    return proc
+
+
+def _complete_checkpoints(cluster: Cluster, job_name: str) -> list[int]:
+    listing = cluster.ssh(
+        "controller",
+        f"ls -d /fsx/mlcluster/checkpoints/{job_name}/step-*/ 2>/dev/null | while read -r d; "
+        'do [ -f "$d/complete.json" ] && basename "$d"; done',
+        check=False,
+    ).stdout.split()
+    return sorted(int(name.removeprefix("step-")) for name in listing)
+
+
+def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys, tmp_path):
+    """compute2 killed (`podman kill`: no chance to save) during a 2-node ddp job that has saved
+    at least step 20: slurmctld sets it DOWN after SlurmdTimeout, the job ends NODE_FAIL and is
+    requeued; with the node back it runs again, resumes from the newest complete checkpoint and
+    ends with every step's loss, the step count and the final loss of an uninterrupted run of the
+    same seed, bit for bit. `mlcluster run` follows it through the requeue and exits 0."""
+    expected = _ddp_run(cluster, tmp_path / "uninterrupted.json")
+    assert expected["requeues"] == 0 and expected["summary"]["resumed_from_step"] is None
+    losses = {s["step"]: s["loss"] for s in expected["steps"]}
+    assert sorted(losses) == list(range(1, 121))
+
+    report = tmp_path / "killed.json"
+    follow = _ddp_run(cluster, report, wait=False)
+    container = f"{cluster.name}-compute2"
+    try:
+        job = wait_for_job(cluster)
+        name = job_state(cluster, job)["JobName"]
+        for _ in range(300):
+            if any(step >= 20 for step in _complete_checkpoints(cluster, name)):
+                break
+            assert follow.poll() is None, "the job ended before it could be killed part-way"
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"job {job}: no checkpoint of step 20 within 150 s")
+        saved = _complete_checkpoints(cluster, name)
+        assert job_state(cluster, job)["JobState"] == "RUNNING", "the job ended before the kill"
+        subprocess.run(["podman", "kill", container], check=True, capture_output=True)
+        # The node comes back only once Slurm has noticed it gone (DOWN, the job requeued).
+        wait_for(cluster, "controller", "sinfo -h -n compute2 -o %T", "down*", tries=60)
+    finally:
+        subprocess.run(["podman", "start", container], check=True, capture_output=True)
+        node = next(n for n in _nodes(cluster) if n.container == container)
+        local.wait_for_ssh(cluster.name, [node])
+    out, _ = follow.communicate(timeout=900)
+    assert follow.returncode == EXIT_OK, out[-3000:]
+    assert f"job {job} requeued (NODE_FAIL)" in out
+    data = json.loads(report.read_text())
+    assert (data["state"], data["requeues"]) == ("COMPLETED", 1)
+    summary = data["summary"]
+    resumed_from = summary["resumed_from_step"]
+    # The newest complete checkpoint at the kill (a save may have completed after the listing).
+    assert resumed_from % 10 == 0 and resumed_from >= saved[-1] >= 20
+    # The second attempt ran every later step once, each as the uninterrupted run did.
+    restart = max(i for i, s in enumerate(data["steps"]) if s["step"] == resumed_from + 1)
+    second = data["steps"][restart:]
+    assert [s["step"] for s in second] == list(range(resumed_from + 1, 121))
+    assert {s["step"]: s["loss"] for s in data["steps"]} == losses
+    assert (summary["steps"], summary["final_loss"]) == (
+        expected["summary"]["steps"],
+        expected["summary"]["final_loss"],
+    )
+    wait_for(cluster, "controller", "sinfo -h -N -o %T | sort -u", "idle", tries=60)
+
+
+def _nodes(cluster: Cluster) -> list:
+    return local.ClusterState.load(
+        cluster.state_dir / "clusters" / cluster.name / "state.json"
+    ).nodes
+
+
+def wait_for_job(cluster: Cluster) -> str:
+    """The id of the one job in the queue, once it runs."""
+    for _ in range(120):
+        out = cluster.ssh("controller", "squeue -h -o '%i %T'", check=False).stdout.split()
+        if len(out) == 2 and out[1] == "RUNNING":
+            return out[0]
+        time.sleep(1)
+    raise AssertionError(f"no running job within 120 s (squeue: {out})")
