@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import podman
 from .errors import MlclusterError
-from .paths import collection_plugins, project_root, state_dir, venv_bin
+from .paths import collection_plugins, load_plugin, project_root, state_dir, venv_bin
 
 BASE_IMAGE = "localhost/mlcluster-base:bookworm"
 NODE_REPO = "localhost/mlcluster-node"
@@ -36,8 +36,9 @@ BASE_PACKAGES = [
     "procps",
     "less",
 ]
-# Files of a role that only the configure phase reads; changing them needs no re-bake.
-_CONFIGURE_ONLY = ("tasks/configure", "handlers/", "README.md")
+# Which role files the install phase reads (the others, the configure phase's, need no
+# re-bake): the rule the install_digest lookup follows too.
+_role_files = load_plugin("module_utils", "role_files")
 
 
 def bake_inputs() -> list[Path]:
@@ -51,7 +52,7 @@ def bake_inputs() -> list[Path]:
     for roles in (root / "roles", collection / "roles"):
         for path in sorted(roles.rglob("*")):
             rel = path.relative_to(roles).as_posix()
-            if path.is_file() and not any(part in rel for part in _CONFIGURE_ONLY):
+            if path.is_file() and _role_files.install_file(rel):
                 files.append(path)
     files += sorted(p for p in (collection / "plugins").rglob("*.py") if p.is_file())
     return files

@@ -50,8 +50,21 @@ def test_what_only_the_configure_phase_reads_does_not(tree, path):
     assert digest(tree) == before
 
 
-def test_the_same_rule_as_the_local_images_inputs():
-    assert lookup.CONFIGURE_ONLY == images._CONFIGURE_ONLY
+def test_the_same_files_as_the_local_images_inputs():
+    """Every role's install inputs are its files among the node image's bake inputs: an edit
+    that runs an install phase again also re-bakes the image, and none other does."""
+    root = project_root()
+    baked = set(images.bake_inputs())
+    for role_dir in sorted(p for p in (root / "roles").iterdir() if p.is_dir()):
+        inputs = set(lookup.install_inputs(role_dir, root / "versions.yml"))
+        own = {p for p in inputs if role_dir in p.parents}
+        assert own == {p for p in baked if role_dir in p.parents}, role_dir.name
+        assert not [
+            p for p in own if p.relative_to(role_dir).as_posix().startswith(CONFIGURE_PATHS)
+        ], role_dir.name
+
+
+CONFIGURE_PATHS = ("tasks/configure", "handlers/", "README.md")
 
 
 def test_a_role_that_does_not_exist_is_an_error(tree):

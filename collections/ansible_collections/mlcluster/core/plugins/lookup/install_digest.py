@@ -55,10 +55,10 @@ from pathlib import Path  # noqa: E402
 
 from ansible.errors import AnsibleLookupError  # noqa: E402
 from ansible.plugins.lookup import LookupBase  # noqa: E402
+from ansible_collections.mlcluster.core.plugins.module_utils.role_files import (  # noqa: E402
+    install_file,
+)
 
-# Files of a role that only the configure phase reads (as for the local node image's inputs,
-# src/mlcluster/images.py).
-CONFIGURE_ONLY = ("tasks/configure", "handlers/", "README.md")
 PLUGINS_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -66,9 +66,7 @@ def install_inputs(role_dir: Path, versions_file: Path) -> list[Path]:
     files = [
         path
         for path in sorted(role_dir.rglob("*"))
-        if path.is_file()
-        and "__pycache__" not in path.parts
-        and not any(part in path.relative_to(role_dir).as_posix() for part in CONFIGURE_ONLY)
+        if path.is_file() and install_file(path.relative_to(role_dir).as_posix())
     ]
     if versions_file.is_file():
         files.append(versions_file)
