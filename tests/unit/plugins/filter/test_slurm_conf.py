@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from mlcluster.paths import load_plugin
@@ -199,6 +201,7 @@ def test_node_reserve_of_0_and_99(reserve, memory):
 def test_filters_are_registered():
     assert slurm_conf.FilterModule().filters() == {
         "slurm_conf_lines": slurm_conf.slurm_conf_lines,
+        "slurm_live_state": slurm_conf.slurm_live_state,
         "slurm_hostlist": slurm_conf.slurm_hostlist,
         "slurm_node": slurm_conf.slurm_node,
         "slurm_partition_list": slurm_conf.slurm_partition_list,
@@ -219,3 +222,53 @@ def test_node_with_a_missing_topology_fact_gives_only_cpus(missing, vcpus, socke
     params = slurm_conf.slurm_node(host, 0)["params"]
     assert params["CPUs"] == vcpus
     assert not {"Sockets", "CoresPerSocket", "ThreadsPerCore"} & set(params)
+
+
+def test_slurm_live_state_reads_the_roles_probe():
+    conf = "ClusterName=ml\n"
+    good = hashlib.sha256(conf.encode()).hexdigest()
+    lines = [
+        f"file slurm.conf root:root:644 {good}",
+        f"file cgroup.conf root:root:600 {good}",
+        f"file gres.conf slurm:slurm:644 {good}",
+        "file oci.conf root:root:644 " + "0" * 64,
+        "digest 0123abcd",
+        "slurmd /usr/sbin/slurmd --systemd --conf-server controller:6817",
+        "unit slurmd.service enabled active",
+        "unit slurmctld.service disabled inactive",
+        "unit slurmdbd.service disabled active",
+        "unit mariadb.service enabled inactive",
+    ]
+    wanted = {"slurm.conf": conf, "cgroup.conf": conf, "gres.conf": conf, "plugstack.conf": conf}
+    live = slurm_conf.slurm_live_state(lines, wanted)
+    assert live == {
+        "files": {
+            "slurm.conf": f"root:root:644:{good}",
+            "cgroup.conf": f"root:root:600:{good}",
+            "gres.conf": f"slurm:slurm:644:{good}",
+            "oci.conf": "root:root:644:" + "0" * 64,
+        },
+        "digest": "0123abcd",
+        "slurmd": "/usr/sbin/slurmd --systemd --conf-server controller:6817",
+        "units": ["slurmd", "slurmctld", "slurmdbd", "mariadb"],
+        # enabled or active: what stopping an unwanted daemon would change
+        "units_on": ["slurmd", "slurmdbd", "mariadb"],
+        # another mode, another owner, a file that is missing; the same text passes
+        "changed": ["cgroup.conf", "gres.conf", "plugstack.conf"],
+    }
+    # The text's content counts, not only its presence.
+    assert slurm_conf.slurm_live_state(lines, {"slurm.conf": conf + "#\n"})["changed"] == [
+        "slurm.conf"
+    ]
+
+
+def test_slurm_live_state_of_a_node_without_slurm():
+    # No conf directory, no digest recorded, slurmd not running, no unit installed.
+    assert slurm_conf.slurm_live_state(["digest ", "slurmd "], {"slurm.conf": "x"}) == {
+        "files": {},
+        "digest": "",
+        "slurmd": "",
+        "units": [],
+        "units_on": [],
+        "changed": ["slurm.conf"],
+    }

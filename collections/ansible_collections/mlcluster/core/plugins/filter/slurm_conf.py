@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
@@ -23,7 +24,9 @@ description:
     as a Slurm hostlist expression (C(compute[1-3,10])); C(mlcluster.core.slurm_node) turns one
     host's variables (facts and the role's probe) into its NodeName parameters;
     C(mlcluster.core.slurm_partition_list) turns partitions of inventory groups into
-    PartitionName parameters.
+    PartitionName parameters; C(mlcluster.core.slurm_live_state) reads the role's probe of a
+    node (files' checksums, the restart digest, slurmd's command line, the units) and names the
+    files that differ from the wanted ones.
 positional: _input
 options:
   _input:
@@ -233,10 +236,48 @@ def slurm_partition_list(partitions, nodes, groups, default_partition, defaults)
     return result
 
 
+def slurm_live_state(lines, wanted: Mapping | None = None) -> dict:
+    """The slurm role's probe of a node ("Read the live Slurm state"), one record a line, read
+    into what the configure phase decides on:
+
+    - ``file NAME OWNER:GROUP:MODE SHA256`` -> ``files[NAME] = "OWNER:GROUP:MODE:SHA256"``;
+    - ``digest D`` (the configuration the daemon last (re)started with), ``slurmd ARGS``
+      (slurmd's command line, empty when it does not run);
+    - ``unit NAME.service ENABLED ACTIVE`` -> ``units``: the installed Slurm units, and
+      ``units_on``: those enabled or active (what "stop the daemons this node does not run"
+      would have to change);
+
+    and, given the wanted files (name -> text, written root:root 0644), ``changed``: the names
+    whose content, owner or mode differ on the node, in the order given."""
+    live: dict = {"files": {}, "digest": "", "slurmd": "", "units": [], "units_on": []}
+    for line in lines or []:
+        kind, _, rest = str(line).partition(" ")
+        rest = rest.strip()
+        if kind == "file":
+            name, *attributes = rest.split(" ")
+            live["files"][name] = ":".join(attributes)
+        elif kind in ("digest", "slurmd"):
+            live[kind] = rest
+        elif kind == "unit" and rest:
+            name, *states = rest.split(" ")
+            name = name.removesuffix(".service")
+            live["units"].append(name)
+            if {"enabled", "active"} & set(states):
+                live["units_on"].append(name)
+    live["changed"] = [
+        name
+        for name, text in (wanted or {}).items()
+        if live["files"].get(name, "")
+        != "root:root:644:" + hashlib.sha256(str(text).encode()).hexdigest()
+    ]
+    return live
+
+
 class FilterModule:
     def filters(self):
         return {
             "slurm_conf_lines": slurm_conf_lines,
+            "slurm_live_state": slurm_live_state,
             "slurm_hostlist": slurm_hostlist,
             "slurm_node": slurm_node,
             "slurm_partition_list": slurm_partition_list,
