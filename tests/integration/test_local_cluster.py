@@ -143,9 +143,11 @@ def test_validate_passes_on_every_node(cluster, deploys, tmp_path):
     for node in ("controller", "compute1", "compute2"):
         for check in ("munge", "munge_key", "munge_credential", "slurm_daemons", "clock"):
             assert outcomes[(node, check)] == "passed", (node, check, outcomes)
-        # Only compute nodes carry jobs: neither down nor drained there, skipped elsewhere.
+        # Only compute nodes carry jobs: neither down nor drained there, skipped elsewhere; the
+        # controller's MUNGE key is the one the others' is compared with.
         expected = "skipped" if node == "controller" else "passed"
         assert outcomes[(node, "node_usable")] == expected, (node, outcomes)
+        assert outcomes[(node, "munge_cluster_key")] == expected, (node, outcomes)
         # No GPU is expected on these nodes: the GPU checks say so rather than pass.
         assert outcomes[(node, "gpu_count")] == "skipped"
     messages = {(c["node"], c["check"]): c["message"] for c in report["checks"]}
@@ -198,6 +200,48 @@ def test_validate_drains_a_node_whose_check_fails(cluster, deploys, tmp_path):
         cluster.ssh("controller", "scontrol update NodeName=compute2 State=RESUME")
     for _ in range(30):
         state = cluster.ssh("controller", "sinfo -h -N -n compute2 -o '%t'").stdout.strip()
+        if state == "idle":
+            break
+        time.sleep(2)
+    assert state == "idle"
+
+
+def test_validate_drains_a_node_whose_munge_key_changed(cluster, deploys, tmp_path):
+    """A real fault: compute1's MUNGE key replaced by another (munged runs, its own credentials
+    decode, nothing on the node looks wrong): `validate --drain` drains it, the reason naming
+    MUNGE. The key is put back from a copy on the node."""
+    report_path = tmp_path / "checks.json"
+    key = "/etc/munge/munge.key"
+    cluster.ssh(
+        "compute1",
+        f"cp -p {key} /root/munge.key.bak && dd if=/dev/urandom of={key} bs=128 count=1 "
+        "status=none && systemctl restart munge",
+    )
+    try:
+        proc = mlcluster(
+            "validate", "-i", str(cluster.inventory), "--drain", "--report", str(report_path),
+            check=False,
+        )  # fmt: skip
+        assert proc.returncode == 1, proc.stdout
+        report = json.loads(report_path.read_text())
+        failed = {(c["node"], c["check"]) for c in report["checks"] if c["outcome"] == "failed"}
+        assert failed == {("compute1", "test_munge_cluster_key")}, report["checks"]
+        reason = (
+            "mlcluster validate: munge_cluster_key: MUNGE: the controller cannot decode a "
+            "credential of this node (unmunge: Error: Invalid credential): its munge.key is not "
+            "the cluster key"
+        )
+        assert report["drained"] == [
+            {"node": "compute1", "slurm_node": "compute1", "reason": reason}
+        ]
+        assert cluster.ssh("controller", "sinfo -h -N -n compute1 -o '%E'").stdout.strip() == (
+            reason
+        )
+    finally:
+        cluster.ssh("compute1", f"mv /root/munge.key.bak {key} && systemctl restart munge")
+        cluster.ssh("controller", "scontrol update NodeName=compute1 State=RESUME")
+    for _ in range(30):
+        state = cluster.ssh("controller", "sinfo -h -N -n compute1 -o '%t'").stdout.strip()
         if state == "idle":
             break
         time.sleep(2)

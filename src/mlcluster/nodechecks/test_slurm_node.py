@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 
 import pytest
@@ -25,6 +26,22 @@ def test_munge_credential(host):
     result = host.run("munge --no-input | unmunge")
     lines = (result.stderr or result.stdout).strip().splitlines()
     assert result.rc == 0, f"no MUNGE credential round trip: {lines[-1] if lines else result.rc}"
+
+
+def test_munge_cluster_key(host, groups, controller):
+    """A credential made here decodes on the controller: this node holds the cluster's key. (A
+    node with another key passes the local round trip, and its slurmd cannot talk to
+    slurmctld.)"""
+    if "slurm_controller" in groups:
+        pytest.skip("the controller's key is the cluster's")
+    made = host.run("munge --no-input")
+    assert made.rc == 0, f"munge cannot make a credential: {made.stderr.strip()[-200:]}"
+    decoded = controller.run(f"printf %s {shlex.quote(made.stdout.strip())} | unmunge")
+    said = (decoded.stderr or decoded.stdout).strip().splitlines()
+    assert decoded.rc == 0, (
+        "MUNGE: the controller cannot decode a credential of this node "
+        f"({said[-1] if said else decoded.rc}): its munge.key is not the cluster key"
+    )
 
 
 def test_slurm_daemons(host, groups, node_vars):
