@@ -160,9 +160,9 @@ def test_a_running_job_survives_a_slurmctld_restart(cluster, deploys):
     cluster.ssh("controller", f"rm -f /fsx/ctld-restart-{job}.out")
 
 
-# A ddp run long enough to be killed part-way (a few hundred ms a step on the local nodes):
+# A ddp run long enough to be killed part-way (about 10 steps a second on the local nodes):
 # the same seed and global batch for the run that is killed and the one that is not.
-KILLED_DDP = ["--steps", "120", "--hidden", "512", "--depth", "4", "--checkpoint-every", "10"]
+KILLED_DDP = ["--steps", "300", "--hidden", "512", "--depth", "4", "--checkpoint-every", "10"]
 
 
 def _ddp_run(cluster: Cluster, report, wait: bool = True):
@@ -197,7 +197,7 @@ def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys
     expected = _ddp_run(cluster, tmp_path / "uninterrupted.json")
     assert expected["requeues"] == 0 and expected["summary"]["resumed_from_step"] is None
     losses = {s["step"]: s["loss"] for s in expected["steps"]}
-    assert sorted(losses) == list(range(1, 121))
+    assert sorted(losses) == list(range(1, 301))
 
     report = tmp_path / "killed.json"
     follow = _ddp_run(cluster, report, wait=False)
@@ -233,10 +233,12 @@ def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys
     # The second attempt ran every later step once, each as the uninterrupted run did.
     restart = max(i for i, s in enumerate(data["steps"]) if s["step"] == resumed_from + 1)
     second = data["steps"][restart:]
-    assert [s["step"] for s in second] == list(range(resumed_from + 1, 121))
+    assert [s["step"] for s in second] == list(range(resumed_from + 1, 301))
     assert {s["step"]: s["loss"] for s in data["steps"]} == losses
-    assert (summary["steps"], summary["final_loss"]) == (
-        expected["summary"]["steps"],
+    # Its summary covers the steps it ran: from the checkpoint to the same last step and loss.
+    assert (summary["first_step"], summary["last_step"], summary["final_loss"]) == (
+        resumed_from + 1,
+        expected["summary"]["last_step"],
         expected["summary"]["final_loss"],
     )
     wait_for(cluster, "controller", "sinfo -h -N -o %T | sort -u", "idle", tries=60)
