@@ -259,6 +259,8 @@ def test_check_mode_does_not_leak_into_the_next_run():
 
 
 def test_old_runs_are_rotated(monkeypatch):
+    # The default (KEEP_RUNS), not the test session's MLCLUSTER_KEEP_RUNS.
+    monkeypatch.delenv("MLCLUSTER_KEEP_RUNS")
     monkeypatch.setattr("mlcluster.runner.KEEP_RUNS", 2)
     dirs = [
         Path(run_playbook(playbook("ok.yml"), LOCAL_HOSTS).artifact_dir).parents[1]
@@ -266,6 +268,16 @@ def test_old_runs_are_rotated(monkeypatch):
     ]
     assert not dirs[0].exists()
     assert dirs[1].exists() and dirs[2].exists()
+
+
+def test_mlcluster_keep_runs_keeps_more(monkeypatch):
+    monkeypatch.setenv("MLCLUSTER_KEEP_RUNS", "3")
+    monkeypatch.setattr("mlcluster.runner.KEEP_RUNS", 1)
+    dirs = [
+        Path(run_playbook(playbook("ok.yml"), LOCAL_HOSTS).artifact_dir).parents[1]
+        for _ in range(4)
+    ]
+    assert [d.exists() for d in dirs] == [False, True, True, True]
 
 
 def test_cli_run_passes_only_arguments_after_double_dash(monkeypatch):
