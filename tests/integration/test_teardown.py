@@ -54,7 +54,7 @@ def test_down_removes_everything(tmp_path):
     assert (
         f"cluster {name}: no state recorded here; removing its containers left from an earlier "
         f"run: {name}-compute1, {name}-controller, {name}-login1"
-    ) in again.stdout
+    ) in again.stderr
     rows = Cluster(name, state).status()
     assert [(r["hostname"], r["state"]) for r in rows] == [
         ("compute1", "running"),
