@@ -39,8 +39,8 @@ options:
   missing:
     description:
       - What a key to be applied that the running kernel lacks does. V(fail) before anything is
-        written, or V(skip) (written to the file, not set; in RV(missing)): a container's network
-        namespace holds only some of the host's C(net.*) keys.
+        written, or V(skip) (written to the file, not set; in RV(missing)), for a container whose
+        network namespace holds only some of the host's C(net.*) keys.
     type: str
     choices: [fail, skip]
     default: fail
