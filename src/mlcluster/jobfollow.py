@@ -73,11 +73,23 @@ def parse_sacct(output: str) -> JobStatus | None:
     return None
 
 
-def previous_run_end(sacct_duplicates: str) -> str:
+# States of a run that has not ended (in accounting, the requeued job's current run).
+_ACTIVE = frozenset(
+    {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
+)
+
+
+def previous_run_end(sacct_duplicates: str, restarts: int | None = None) -> str:
     """How the run before the current one ended, from ``sacct -D -n -X -P -o State`` (one line
-    per run of a requeued job, oldest first): ``NODE_FAIL``, ``PREEMPTED``, ``REQUEUED``."""
+    per run of a requeued job, oldest first): ``NODE_FAIL``, ``PREEMPTED``, ``REQUEUED``.
+    Given the job's restart count, the run before the current one is line ``restarts`` whether
+    accounting lists the current run yet or not; without it, the line before the last."""
     states = [line.split()[0] for line in sacct_duplicates.splitlines() if line.strip()]
-    return states[-2] if len(states) > 1 else ""
+    if restarts is not None and 1 <= restarts <= len(states):
+        state = states[restarts - 1]
+    else:
+        state = states[-2] if len(states) > 1 else ""
+    return "" if state in _ACTIVE else state
 
 
 def describe(status: JobStatus) -> str:

@@ -120,6 +120,9 @@ def run_checks(
         "no:terminal",
         "-o",
         "addopts=",
+        # The check's own message as the reason: without the terminal plugin pytest's rewritten
+        # comparison asserts lose it (their failure reads only "AssertionError").
+        "--assert=plain",
         f"--level={level}",
         *(extra_args or []),
     ]

@@ -397,7 +397,8 @@ def follow_job(
                 if seen is not None and follower.restarted(seen) and not follower.requeued_after:
                     # Slurm requeued the job between two looks: accounting says why.
                     ended_as = previous_run_end(
-                        target.run(f"sacct -D -n -X -P -j {job_id} -o State").stdout
+                        target.run(f"sacct -D -n -X -P -j {job_id} -o State").stdout,
+                        seen.restarts,
                     )
                 status = seen or status
                 read = target.run(f"cat {output_path} 2>/dev/null")

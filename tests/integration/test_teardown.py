@@ -43,30 +43,41 @@ def test_down_removes_everything(tmp_path):
     assert sorted(r["hostname"] for r in rows) == ["compute1", "controller", "login1"]
     label = f"io.mlcluster.cluster={name}"
     assert len(podman_names("container", label)) == 3
-    # Its state lost while its containers stay, stopped (a run killed before a reboot): up
-    # makes the nodes anew (nothing here holds the old ones' keys) instead of failing on them.
-    old_ids = set(podman_names("container", label))
-    subprocess.run(
-        ["podman", "stop", "-t", "5", *old_ids], check=True, capture_output=True, timeout=120
-    )
-    shutil.rmtree(state / "clusters" / name)
-    again = mlcluster("local", "up", "--name", name, "--computes", "1")
-    assert (
-        f"cluster {name}: no state recorded here; removing its containers left from an earlier "
-        f"run: {name}-compute1, {name}-controller, {name}-login1"
-    ) in again.stderr
-    rows = Cluster(name, state).status()
-    assert [(r["hostname"], r["state"]) for r in rows] == [
-        ("compute1", "running"),
-        ("controller", "running"),
-    ]
-    assert Cluster(name, state).ssh("controller", "hostname").stdout.strip() == "controller"
     mlcluster("local", "down", "--name", name)
     assert podman_names("container", label) == []
     assert podman_names("network", label) == []
     assert podman_names("volume", label) == []
     assert not (state / "clusters" / name).exists()
     assert "not up" in mlcluster("local", "status", "--name", name).stdout
+
+
+def test_up_after_lost_state_makes_the_nodes_anew():
+    """Its state lost while its containers stay, stopped (a run killed before a reboot): up
+    makes the nodes anew (nothing here holds the old ones' keys) instead of failing on them."""
+    name = "skellost"
+    state = Path(os.environ["MLCLUSTER_STATE"])
+    label = f"io.mlcluster.cluster={name}"
+    try:
+        mlcluster("local", "up", "--name", name, "--computes", "1", "--login")
+        old_ids = set(podman_names("container", label))
+        subprocess.run(
+            ["podman", "stop", "-t", "5", *old_ids], check=True, capture_output=True, timeout=120
+        )
+        shutil.rmtree(state / "clusters" / name)
+        again = mlcluster("local", "up", "--name", name, "--computes", "1")
+        assert (
+            f"cluster {name}: no state recorded here; removing its containers left from an earlier "
+            f"run: {name}-compute1, {name}-controller, {name}-login1"
+        ) in again.stderr
+        rows = Cluster(name, state).status()
+        assert [(r["hostname"], r["state"]) for r in rows] == [
+            ("compute1", "running"),
+            ("controller", "running"),
+        ]
+        assert Cluster(name, state).ssh("controller", "hostname").stdout.strip() == "controller"
+    finally:
+        mlcluster("local", "down", "--name", name, check=False)
+    assert podman_names("container", label) == []
 
 
 def _forms(secret: bytes) -> dict[str, bytes]:

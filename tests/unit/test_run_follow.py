@@ -99,6 +99,13 @@ def test_a_requeue_between_two_looks_takes_its_cause_from_accounting():
         f"job {JOB_ID} requeued (NODE_FAIL), waiting: PENDING (BeginTime)"
     ]
     assert workload_run.previous_run_end("PENDING\n") == ""
+    # Accounting may not list the current run yet: the restart count says which line it is.
+    assert workload_run.previous_run_end("NODE_FAIL\n", restarts=1) == "NODE_FAIL"
+    assert workload_run.previous_run_end("NODE_FAIL\nPENDING\n", restarts=1) == "NODE_FAIL"
+    assert workload_run.previous_run_end("NODE_FAIL\nCOMPLETED\n", restarts=1) == "NODE_FAIL"
+    assert workload_run.previous_run_end("PREEMPTED\nNODE_FAIL\n", restarts=2) == "NODE_FAIL"
+    # A run accounting has not closed yet is no cause.
+    assert workload_run.previous_run_end("RUNNING\n", restarts=1) == ""
 
 
 @pytest.mark.parametrize(
