@@ -198,12 +198,7 @@ def test_validate_drains_a_node_whose_check_fails(cluster, deploys, tmp_path):
     finally:
         cluster.ssh("compute2", "systemctl start munge")
         cluster.ssh("controller", "scontrol update NodeName=compute2 State=RESUME")
-    for _ in range(30):
-        state = cluster.ssh("controller", "sinfo -h -N -n compute2 -o '%t'").stdout.strip()
-        if state == "idle":
-            break
-        time.sleep(2)
-    assert state == "idle"
+    assert _idle_again(cluster, "compute2") == "idle"
 
 
 def test_validate_drains_a_node_whose_munge_key_changed(cluster, deploys, tmp_path):
@@ -240,9 +235,15 @@ def test_validate_drains_a_node_whose_munge_key_changed(cluster, deploys, tmp_pa
     finally:
         cluster.ssh("compute1", f"mv /root/munge.key.bak {key} && systemctl restart munge")
         cluster.ssh("controller", "scontrol update NodeName=compute1 State=RESUME")
-    for _ in range(30):
-        state = cluster.ssh("controller", "sinfo -h -N -n compute1 -o '%t'").stdout.strip()
+    assert _idle_again(cluster, "compute1") == "idle"
+
+
+def _idle_again(cluster, node: str, tries: int = 30) -> str:
+    """The node's sinfo state once it is idle again (resumed), or the last one seen."""
+    state = ""
+    for _ in range(tries):
+        state = cluster.ssh("controller", f"sinfo -h -N -n {node} -o '%t'").stdout.strip()
         if state == "idle":
             break
         time.sleep(2)
-    assert state == "idle"
+    return state
