@@ -25,7 +25,7 @@ import time
 from bench.report import machine, write_section
 from mlcluster.local import ssh_options
 from mlcluster.paths import state_dir
-from mlcluster.workload_run import WORKLOADS_ROOT, render_script
+from mlcluster.workload_run import JOB_USER, WORKLOADS_ROOT, render_script
 
 ARGS = ["--hidden", "512", "--depth", "3", "--steps", "100000", "--checkpoint-every", "20"]
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     job = ssh(
         args.name,
         controller,
-        f"cd {WORKLOADS_ROOT}/jobs && runuser -u mluser -- sbatch --parsable",
+        f"cd {WORKLOADS_ROOT}/jobs && runuser -u {JOB_USER} -- sbatch --parsable",
         stdin=script,
     ).strip()
     output = f"{WORKLOADS_ROOT}/jobs/{job_name}-{job}.out"

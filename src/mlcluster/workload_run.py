@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -37,6 +38,7 @@ from .jobfollow import (
     parse_scontrol,
     previous_run_end,
 )
+from .paths import project_root
 from .runner import EXIT_CANCELED, EXIT_FAILED, EXIT_OK, check_inventory, run_playbook
 
 try:
@@ -48,18 +50,22 @@ except ImportError as exc:
         " without torch)"
     ) from exc
 
-WORKLOADS_ROOT = "/fsx/mlcluster"
-JOBS_DIR = f"{WORKLOADS_ROOT}/jobs"
-# The user the workloads role installs the cases for; jobs run as this user.
-JOB_USER = "mluser"
+# Where the workloads role installs the cases (its venv, jobs/ and checkpoints/ below it) and
+# the user jobs run as: the inventory's workloads_root and workloads_user, the role's defaults
+# where the inventory sets none (one place for both: roles/workloads/defaults/main.yml).
+_ROLE_DEFAULTS = yaml.safe_load(
+    (project_root() / "roles" / "workloads" / "defaults" / "main.yml").read_text()
+)
+WORKLOADS_ROOT = str(_ROLE_DEFAULTS["workloads_root"])
+JOB_USER = str(_ROLE_DEFAULTS["workloads_user"])
 POLL_S = 2
 # How long the controller may be unreachable (or slurmctld not answer) while a job is followed
 # before `mlcluster run` gives up following it.
 GRACE_S = 60
 DEFAULT_TIMEOUT_MIN = 60
-# Cases that checkpoint write here by default (one directory per job name, so a requeued job
-# resumes from its own checkpoints); the workloads role creates it for the workloads user.
-CHECKPOINT_ROOT = f"{WORKLOADS_ROOT}/checkpoints"
+# Cases that checkpoint write under the root's checkpoints/ by default (one directory per job
+# name, so a requeued job resumes from its own checkpoints); the workloads role creates it for
+# the workloads user.
 EXIT_BAD_INPUT = MlclusterError.exit_code
 # Training cases report steps and a summary, bandwidth cases per-size rows and a summary of
 # their own (the registry's METRIC_EVENTS).
@@ -79,6 +85,12 @@ class Target:
     address: str
     user: str
     ssh_args: list[str]
+    job_user: str = JOB_USER
+    workloads_root: str = WORKLOADS_ROOT
+
+    @property
+    def jobs_dir(self) -> str:
+        return f"{self.workloads_root}/jobs"
 
     def run(self, command: str, input_text: str | None = None, timeout: float = 120):
         try:
@@ -106,8 +118,8 @@ class Target:
 def as_job_user(target: Target) -> str:
     """The prefix that runs a command as the job user (runuser as root, sudo otherwise)."""
     if target.user == "root":
-        return f"runuser -u {JOB_USER} --"
-    return f"sudo -n -u {JOB_USER} --"
+        return f"runuser -u {shlex.quote(target.job_user)} --"
+    return f"sudo -n -u {shlex.quote(target.job_user)} --"
 
 
 def controller_target(inventory: Path) -> Target:
@@ -123,11 +135,28 @@ def controller_target(inventory: Path) -> Target:
     if hostvars.get("ansible_port"):
         ssh_args += ["-p", str(hostvars["ansible_port"])]
     ssh_args += shlex.split(str(hostvars.get("ansible_ssh_common_args", "")))
+    job_user = str(hostvars.get("workloads_user", JOB_USER))
+    root = str(hostvars.get("workloads_root", WORKLOADS_ROOT)).rstrip("/")
+    # Both reach shell commands and the batch script: a plain name and a plain absolute path
+    # (a Jinja expression is not evaluated here: ansible-inventory prints it as written).
+    if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", job_user):
+        raise MlclusterError(
+            f"inventory {inventory}: workloads_user {job_user!r} on {host} is not a user name",
+            EXIT_BAD_INPUT,
+        )
+    if not re.fullmatch(r"(/[\w.+-]+)+", root):
+        raise MlclusterError(
+            f"inventory {inventory}: workloads_root {root!r} on {host} is not an absolute path "
+            "of letters, digits and '_.+-'",
+            EXIT_BAD_INPUT,
+        )
     return Target(
         host=host,
         address=str(hostvars.get("ansible_host", host)),
         user=str(hostvars.get("ansible_user", "root")),
         ssh_args=ssh_args,
+        job_user=job_user,
+        workloads_root=root,
     )
 
 
@@ -140,6 +169,7 @@ def render_script(
     gpus_per_node: int = 0,
     partition: str | None = None,
     container: str | None = None,
+    workloads_root: str = WORKLOADS_ROOT,
 ) -> str:
     """The batch script of a run. ``container``: an absolute path is an OCI bundle on the nodes
     (Slurm's own ``srun --container``), unless it is a squashfs file; that and anything else is
@@ -159,8 +189,8 @@ def render_script(
             # The venv and the job's output live on the shared filesystem.
             container_mounts=("/fsx:/fsx",) if image else (),
             container_bundle=bundle,
-            venv=f"{WORKLOADS_ROOT}/venv",
-            output_dir=f"{WORKLOADS_ROOT}/jobs",
+            venv=f"{workloads_root}/venv",
+            output_dir=f"{workloads_root}/jobs",
             job_name=job_name,
             env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
         )
@@ -169,7 +199,13 @@ def render_script(
     return render_sbatch(spec)
 
 
-def case_arguments(case: str, extra_args: list[str], gpus_per_node: int, job_name: str):
+def case_arguments(
+    case: str,
+    extra_args: list[str],
+    gpus_per_node: int,
+    job_name: str,
+    workloads_root: str = WORKLOADS_ROOT,
+):
     """The case's arguments: the user's, or the registry's defaults for CPU or GPU nodes; a
     case that checkpoints gets ``--checkpoint-dir`` on the shared filesystem unless given."""
     definition = cases.get(case)
@@ -179,7 +215,7 @@ def case_arguments(case: str, extra_args: list[str], gpus_per_node: int, job_nam
     if not args:
         args = list(definition.gpu_args if gpus_per_node else definition.cpu_args)
     if definition.checkpoints and not any(a.split("=")[0] == "--checkpoint-dir" for a in args):
-        args += ["--checkpoint-dir", f"{CHECKPOINT_ROOT}/{job_name}"]
+        args += ["--checkpoint-dir", f"{workloads_root}/checkpoints/{job_name}"]
     return args
 
 
@@ -330,7 +366,7 @@ def upload_script(target: Target, job_name: str, script: str) -> str:
     ever opened or changed by root.
     """
     create = 'umask 077 && f=$(mktemp --suffix=.sbatch "$1".XXXXXXXX) && cat > "$f" && echo "$f"'
-    prefix = f"{JOBS_DIR}/{job_name}"
+    prefix = f"{target.jobs_dir}/{job_name}"
     upload = target.run(
         f"{as_job_user(target)} sh -c {shlex.quote(create)} sh {shlex.quote(prefix)}",
         input_text=script,
@@ -340,16 +376,16 @@ def upload_script(target: Target, job_name: str, script: str) -> str:
         re.escape(prefix) + r"\.[A-Za-z0-9]{8}\.sbatch", path
     ):
         raise MlclusterError(
-            f"cannot write the batch script in {JOBS_DIR} on {target.host} as {JOB_USER}: "
+            f"cannot write the batch script in {target.jobs_dir} on {target.host} as "
+            f"{target.job_user}: "
             f"{' '.join(upload.stderr.split()) or path or 'no path printed'}"
         )
     return path
 
 
 def submit(target: Target, script_path: str) -> str:
-    proc = target.run(
-        f"cd {JOBS_DIR} && {as_job_user(target)} sbatch --parsable {shlex.quote(script_path)}"
-    )
+    sbatch = f"{as_job_user(target)} sbatch --parsable {shlex.quote(script_path)}"
+    proc = target.run(f"cd {target.jobs_dir} && {sbatch}")
     if proc.returncode != 0:
         raise MlclusterError(f"sbatch failed on {target.host}: {proc.stderr.strip()}")
     job_id = proc.stdout.strip().split(";")[0]
@@ -496,7 +532,7 @@ def run_case(
     if container:
         check_container_support(target, container)
     job_name = f"mlcluster-{case.replace('_', '-')}-{int(time.time())}"
-    args = case_arguments(case, extra_args or [], gpus_per_node, job_name)
+    args = case_arguments(case, extra_args or [], gpus_per_node, job_name, target.workloads_root)
     script = render_script(
         case,
         nodes,
@@ -505,9 +541,10 @@ def run_case(
         gpus_per_node=gpus_per_node,
         partition=partition,
         container=container,
+        workloads_root=target.workloads_root,
     )
     job_id = submit(target, upload_script(target, job_name, script))
-    output_path = f"{JOBS_DIR}/{job_name}-{job_id}.out"
+    output_path = f"{target.jobs_dir}/{job_name}-{job_id}.out"
     console.print(
         f"submitted {case} as job {job_id} on {nodes} node(s), {gpus_per_node} GPU(s) each"
         f"{', in ' + container if container else ''}; output {output_path}",

@@ -398,9 +398,9 @@ def test_the_script_is_created_by_the_job_user_under_a_random_name(monkeypatch):
         secret.chmod(0o600)
         # the old, guessable name, planted as a link to a file of root's
         (jobs / "mlcluster-ddp-1.sbatch").symlink_to(secret)
-        monkeypatch.setattr(workload_run, "JOBS_DIR", str(jobs))
-        monkeypatch.setattr(workload_run, "JOB_USER", "nobody")
-        target = LocalTarget("local", "localhost", "root", [])
+        target = LocalTarget(
+            "local", "localhost", "root", [], job_user="nobody", workloads_root=str(top)
+        )
         first = workload_run.upload_script(target, "mlcluster-ddp-1", "#!/bin/bash\necho one\n")
         second = workload_run.upload_script(target, "mlcluster-ddp-1", "#!/bin/bash\necho two\n")
         assert first != second

@@ -9,9 +9,11 @@ import json
 import shlex
 import subprocess
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from rich.console import Console
 
 from mlcluster import cli, workload_run
@@ -248,6 +250,64 @@ def test_controller_target_from_inventory(tmp_path):
     ]
 
 
+def test_the_job_user_and_root_come_from_the_inventory_or_the_roles_defaults(tmp_path):
+    """`mlcluster run` writes, submits and reads where the workloads role installed the cases,
+    as its user: the inventory's workloads_user/workloads_root, else the role's defaults."""
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        "all:\n  vars:\n    workloads_user: alice\n    workloads_root: /lustre/ml/\n"
+        "  children:\n    slurm_controller:\n      hosts:\n        head: {}\n"
+    )
+    target = workload_run.controller_target(inv)
+    assert (target.job_user, target.workloads_root, target.jobs_dir) == (
+        "alice", "/lustre/ml", "/lustre/ml/jobs"
+    )  # fmt: skip
+    assert workload_run.as_job_user(target) == "runuser -u alice --"
+    args = workload_run.case_arguments("ddp", [], 0, "j", target.workloads_root)
+    assert args[-2:] == ["--checkpoint-dir", "/lustre/ml/checkpoints/j"]
+    script = workload_run.render_script("ddp", 2, args, "j", workloads_root=target.workloads_root)
+    assert "#SBATCH --output=/lustre/ml/jobs/%x-%j.out" in script.splitlines()
+    assert "  /lustre/ml/venv/bin/torchrun --nnodes=$SLURM_JOB_NUM_NODES " in script
+
+    defaults = yaml.safe_load(
+        (Path(__file__).parents[2] / "roles/workloads/defaults/main.yml").read_text()
+    )
+    inv.write_text("all:\n  children:\n    slurm_controller:\n      hosts:\n        head: {}\n")
+    target = workload_run.controller_target(inv)
+    assert (target.job_user, target.workloads_root) == (
+        defaults["workloads_user"], defaults["workloads_root"]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        (
+            "workloads_user",
+            "bob; rm -rf /",
+            "workloads_user 'bob; rm -rf /' on head is not a user name",
+        ),
+        ("workloads_root", "fsx/ml", "workloads_root 'fsx/ml' on head is not an absolute path"),
+        (
+            "workloads_root",
+            "/fsx/$(id)",
+            "workloads_root '/fsx/$(id)' on head is not an absolute path",
+        ),
+        ("workloads_root", "{{ root }}/ml", "workloads_root '{{ root }}/ml' on head is not an"),
+    ],
+)
+def test_a_job_user_or_root_that_is_not_plain_is_bad_input(tmp_path, var, value, message):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        f"all:\n  vars:\n    {var}: {json.dumps(value)}\n"
+        "  children:\n    slurm_controller:\n      hosts:\n        head: {}\n"
+    )
+    with pytest.raises(MlclusterError) as exc:
+        workload_run.controller_target(inv)
+    assert exc.value.exit_code == 2
+    assert str(exc.value).startswith(f"inventory {inv}: {message}")
+
+
 def test_controller_target_needs_a_controller(tmp_path):
     inv = tmp_path / "hosts.yml"
     inv.write_text("all:\n  hosts:\n    lonely: {}\n")
@@ -288,6 +348,8 @@ class FakeController:
     """Answers the commands `mlcluster run` sends over SSH like a Slurm controller would."""
 
     host, user = "head", "root"
+    job_user, workloads_root = workload_run.JOB_USER, workload_run.WORKLOADS_ROOT
+    jobs_dir = f"{workloads_root}/jobs"
 
     def __init__(self, squeue=("PENDING", "RUNNING"), sacct="", output="", sinfo=CPU_PARTITION):
         # scontrol's answers in turn: a state (a line with it) or a whole line; then the job
