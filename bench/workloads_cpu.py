@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 
-SUMMARY_EVENTS = ("summary", "allreduce_summary")
+from mlcluster_workloads.cases import METRIC_EVENTS
+
+SUMMARY_EVENTS = {summary for _, summary in METRIC_EVENTS.values()}
 
 
 def case_commands(args: argparse.Namespace) -> dict[str, list[str]]:

@@ -220,7 +220,7 @@ def run_case(
 ) -> int:
     from rich.console import Console
 
-    from . import workload_run
+    from . import job_report, workload_run
 
     console = console or Console()
     if not image:
@@ -264,8 +264,8 @@ def run_case(
         f"training.kubeflow.org/job-name={job_name},training.kubeflow.org/replica-type=master"
     )
     output = kubectl(kubeconfig, "logs", "-n", namespace, "-l", selector, "--tail=-1")
-    steps, summary = workload_run.parse_metrics(output)
-    console.print(workload_run.summary_table(case, job_name, state, steps, summary))
+    steps, summary = job_report.parse_metrics(output)
+    console.print(job_report.summary_table(case, job_name, state, steps, summary))
     ok = state == "Succeeded" and summary is not None
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)

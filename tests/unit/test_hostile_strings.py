@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mlcluster import workload_run
+from mlcluster import job_report, workload_run
 from mlcluster.display import ProgressDisplay, counters_table, print_summary
 from mlcluster.errors import MlclusterError
 from mlcluster.jobfollow import JobFollower, parse_scontrol
@@ -246,7 +246,7 @@ def test_the_displays_print_hostile_text_as_it_is(text):
             {text: dict.fromkeys(("ok", "changed", "failures", "unreachable", "skipped"), 0)}
         )
     )
-    console.print(workload_run.summary_table("ddp", "7", text, [], {"source": text}))
+    console.print(job_report.summary_table("ddp", "7", text, [], {"source": text}))
     exported = console.export_text()
     assert "\x1b" not in exported and "\x00" not in exported
     assert shown(text).splitlines()[0] in exported

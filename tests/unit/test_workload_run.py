@@ -16,7 +16,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from mlcluster import cli, workload_run
+from mlcluster import cli, job_report, workload_run
 from mlcluster.errors import MlclusterError
 from mlcluster.runner import EXIT_FAILED, EXIT_OK
 
@@ -181,7 +181,7 @@ def test_parse_metrics_keeps_steps_and_summary_only():
         json.dumps({"event": "step", "step": 2, "loss": 1.0}),
         json.dumps({"event": "summary", "first_loss": 2.0, "final_loss": 1.0}),
     ]
-    steps, summary = workload_run.parse_metrics("\n".join(lines))
+    steps, summary = job_report.parse_metrics("\n".join(lines))
     assert [s["step"] for s in steps] == [1, 2]
     assert summary == {"event": "summary", "first_loss": 2.0, "final_loss": 1.0}
 
@@ -206,7 +206,7 @@ def test_summary_table_rows():
         "mfu": None,
         "step_time_s": 0.2,
     }
-    console.print(workload_run.summary_table("ddp", "7", "COMPLETED", [{}, {}], summary))
+    console.print(job_report.summary_table("ddp", "7", "COMPLETED", [{}, {}], summary))
     text = console.export_text()
     rows = {
         cells[0]: cells[1]
@@ -577,7 +577,7 @@ def test_one_node_is_enough_and_a_report_may_go_to_an_existing_dir(controller, t
 
 def test_summary_table_without_a_summary_says_unknown():
     console = Console(width=120, record=True)
-    console.print(workload_run.summary_table("ddp", "7", "FAILED", [], None))
+    console.print(job_report.summary_table("ddp", "7", "FAILED", [], None))
     values = [
         line.strip("│ ").split("│")[1].strip()
         for line in console.export_text().splitlines()
@@ -721,7 +721,7 @@ def test_allreduce_summary_table():
         "max_busbw_size_bytes": 1048576,
         "wrong": 0,
     }
-    console.print(workload_run.summary_table("allreduce", "9", "COMPLETED", steps, summary))
+    console.print(job_report.summary_table("allreduce", "9", "COMPLETED", steps, summary))
     rows = [
         [c.strip() for c in line.strip("│ ").split("│")]
         for line in console.export_text().splitlines()
