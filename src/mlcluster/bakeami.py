@@ -1,6 +1,6 @@
 """Bake an accelerator node AMI with Packer (packer/ami) and return its id.
 
-`mlcluster bake --target ami --flavor gpu --os ubuntu22.04 [--var k=v]` calls ``build_ami``.
+`mlcluster bake ami --flavor gpu --os ubuntu22.04 [--var k=v]` calls ``build_ami``.
 Packer runs playbooks/bake.yml on a build instance through its Ansible provisioner; the AMI id
 comes from the file the template's manifest post-processor writes, not from Packer's output.
 ``preflight`` (``--validate-only``) checks offline what can be checked before a build: the

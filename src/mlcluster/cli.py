@@ -94,24 +94,20 @@ def _parse_vars(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def cmd_bake(args) -> int:
-    variables = _parse_vars(args.var)
-    if args.target == "local":
-        from . import images
+def cmd_bake_local(args) -> int:
+    from . import images
 
-        if args.validate_only:
-            raise MlclusterError("--validate-only checks an AMI bake (--target ami)")
-        if args.flavor or args.os:
-            flavor = args.flavor or bakeami.flavors("local")[0]
-            os_name = args.os or bakeami.platform_matrix()[flavor]["os"][0]
-            bakeami.check_platform(flavor, os_name, "local")
-        tag = images.ensure_node_image(base_image=args.base_image, force=args.force, say=_say)
-        print(tag)
-        return 0
-    if not args.flavor or not args.os:
-        raise MlclusterError(
-            f"--target ami needs --flavor ({'|'.join(bakeami.flavors('ami'))}) and --os"
-        )
+    if args.flavor or args.os:
+        flavor = args.flavor or bakeami.flavors("local")[0]
+        os_name = args.os or bakeami.platform_matrix()[flavor]["os"][0]
+        bakeami.check_platform(flavor, os_name, "local")
+    tag = images.ensure_node_image(base_image=args.base_image, force=args.force, say=_say)
+    print(tag)
+    return 0
+
+
+def cmd_bake_ami(args) -> int:
+    variables = _parse_vars(args.var)
     if args.validate_only:
         print(bakeami.preflight(args.flavor, args.os, variables))
         return 0
@@ -229,25 +225,31 @@ def build_parser() -> argparse.ArgumentParser:
     local.set_defaults(func=cmd_local)
 
     bake = sub.add_parser("bake", help="bake a node image with Packer")
-    bake.add_argument("--target", choices=["local", "ami"], default="local")
-    # Flavours and operating systems: versions.yml's platform matrix.
-    bake.add_argument("--flavor", choices=bakeami.flavors())
-    bake.add_argument("--os", choices=bakeami.operating_systems())
-    bake.add_argument(
+    bake_sub = bake.add_subparsers(dest="target", required=True, metavar="{local,ami}")
+    # Each target takes only its own flags; flavours and operating systems: versions.yml's
+    # platform matrix, those of the target.
+    bake_local = bake_sub.add_parser("local", help="the local cluster's podman node image")
+    bake_local.add_argument("--flavor", choices=bakeami.flavors("local"))
+    bake_local.add_argument("--os", choices=bakeami.operating_systems("local"))
+    bake_local.add_argument("--base-image", help="podman image to bake from")
+    bake_local.add_argument("--force", action="store_true", help="bake even if up to date")
+    bake_local.set_defaults(func=cmd_bake_local)
+    bake_ami = bake_sub.add_parser("ami", help="an AMI for AWS (packer/ami)")
+    bake_ami.add_argument("--flavor", required=True, choices=bakeami.flavors("ami"))
+    bake_ami.add_argument("--os", required=True, choices=bakeami.operating_systems("ami"))
+    bake_ami.add_argument(
         "--var",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="Packer variable (repeatable)",
     )
-    bake.add_argument("--base-image", help="(local) podman image to bake from")
-    bake.add_argument("--force", action="store_true", help="(local) bake even if up to date")
-    bake.add_argument(
+    bake_ami.add_argument(
         "--validate-only",
         action="store_true",
-        help="(ami) check offline, build nothing: platform matrix, version rules, packer validate",
+        help="check offline, build nothing: platform matrix, version rules, packer validate",
     )
-    bake.set_defaults(func=cmd_bake)
+    bake_ami.set_defaults(func=cmd_bake_ami)
 
     validate = sub.add_parser("validate", help="run the node checks against an inventory")
     validate.add_argument("-i", "--inventory", default=LOCAL_INVENTORY)

@@ -136,7 +136,7 @@ def node_image_tag(base_image: str) -> str:
 def ensure_node_image(base_image: str | None = None, force: bool = False, say=print) -> str:
     podman.require_podman()
     # Packer's build container gets podman's default ulimits too: on a restricted host
-    # (`mlcluster bake --target local` before any `local up`) they must be set first.
+    # (`mlcluster bake local` before any `local up`) they must be set first.
     podman.ensure_host_setup(say)
     if not shutil.which("packer"):
         raise MlclusterError(

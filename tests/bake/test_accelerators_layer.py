@@ -9,7 +9,7 @@
     container_runtime would be configured. The stub is only for the decision logic: there is no
     driver, library or service behind those devices, so no role runs against it.
 
-The node image is the newest localhost/mlcluster-node (`mlcluster bake --target local`), or
+The node image is the newest localhost/mlcluster-node (`mlcluster bake local`), or
 MLCLUSTER_ACCEL_TEST_IMAGE.
 """
 
@@ -54,9 +54,7 @@ def newest_node_image() -> str:
         "{{.Repository}}:{{.Tag}}",
     ).stdout.split()
     if not out:
-        pytest.fail(
-            "no localhost/mlcluster-node image: bake it with `mlcluster bake --target local`"
-        )
+        pytest.fail("no localhost/mlcluster-node image: bake it with `mlcluster bake local`")
     return out[0]
 
 

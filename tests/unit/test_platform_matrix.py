@@ -24,12 +24,17 @@ def versions() -> dict:
     return yaml.safe_load((ROOT / "versions.yml").read_text())["mlcluster_versions"]
 
 
-def bake_choices() -> dict[str, list[str]]:
-    """The bake subcommand's --flavor and --os choices, from the real parser."""
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    bake = sub.choices["bake"]
-    return {a.dest: list(a.choices) for a in bake._actions if a.dest in ("flavor", "os")}
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def bake_choices() -> dict[str, dict[str, list[str]]]:
+    """`bake local` and `bake ami`: each one's --flavor and --os choices, from the real parser."""
+    targets = _subcommands(_subcommands(cli.build_parser())["bake"])
+    return {
+        target: {a.dest: list(a.choices) for a in sub._actions if a.dest in ("flavor", "os")}
+        for target, sub in targets.items()
+    }
 
 
 def test_every_flavour_has_a_platform(versions):
@@ -42,7 +47,7 @@ def test_every_flavour_has_a_platform(versions):
 def test_amazon_linux_is_not_offered(versions):
     """common, munge and slurm are apt-only: no flavour is baked on Amazon Linux."""
     assert not any("Amazon" in name for name in versions["operating_systems"].values())
-    assert "al2023" not in bake_choices()["os"]
+    assert all("al2023" not in choices["os"] for choices in bake_choices().values())
 
 
 def test_bakeami_reads_the_matrix(versions):
@@ -54,9 +59,14 @@ def test_bakeami_reads_the_matrix(versions):
 
 
 def test_cli_choices_are_the_matrix(versions):
+    """Each bake target offers its own flavours and their operating systems, nothing else."""
     choices = bake_choices()
-    assert choices["flavor"] == list(versions["platforms"])
-    assert set(choices["os"]) == {o for p in versions["platforms"].values() for o in p["os"]}
+    assert set(choices) == {p["target"] for p in versions["platforms"].values()} == {"local", "ami"}
+    for target, offered in choices.items():
+        platforms = {f: p for f, p in versions["platforms"].items() if p["target"] == target}
+        assert offered["flavor"] == list(platforms), target
+        assert set(offered["os"]) == {o for p in platforms.values() for o in p["os"]}, target
+    assert choices["local"] == {"flavor": ["local"], "os": ["debian12"]}
 
 
 def test_ami_template_has_a_base_image_for_each_ami_os_and_reads_the_matrix():
@@ -132,7 +142,7 @@ def test_packer_variables_name_the_matrix_as_it_is():
     assert listed(ami["flavor"]["description"]) == bakeami.flavors("ami")
     assert listed(ami["os"]["description"]) == bakeami.operating_systems("ami")
     assert ami["os"]["default"] == bakeami.operating_systems("ami")[0]
-    # The local template's default flavour is the one `mlcluster bake --target local` checks.
+    # The local template's default flavour is the one `mlcluster bake local` checks.
     local = hcl_variables("packer/local.pkr.hcl")
     assert local["flavor"]["default"] == bakeami.flavors("local")[0]
 

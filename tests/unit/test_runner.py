@@ -231,7 +231,6 @@ def test_cli_bake_rejects_bad_var(capsys):
         cli.main(
             [
                 "bake",
-                "--target",
                 "ami",
                 "--flavor",
                 "gpu",
