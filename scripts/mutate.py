@@ -71,6 +71,10 @@ TARGETS: dict[str, tuple[str, list[list[str]]]] = {
         ],
     ),
     "workload_run": ("src/mlcluster/workload_run.py", [["tests/unit/test_workload_run.py"]]),
+    "job_report": (
+        "src/mlcluster/job_report.py",
+        [["tests/unit/test_workload_run.py"], ["tests/unit/test_hostile_strings.py"]],
+    ),
     # The workloads' tests import torch and start processes: slowest, so last.
     "metrics": (
         f"{WORKLOADS}/metrics.py",
