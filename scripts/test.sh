@@ -23,4 +23,6 @@ fi
 # utilities (the plugin unit tests do) patches sys.intern, which torch.compile's graph
 # substitution then refuses.
 pytest -p no:cacheprovider --durations=10 tests/workloads
-pytest -p no:cacheprovider --durations=15 tests/unit tests/bake tests/integration
+# The unit tests are independent of each other: one worker per core (pytest-xdist).
+pytest -p no:cacheprovider -n auto --durations=15 tests/unit
+pytest -p no:cacheprovider --durations=15 tests/bake tests/integration

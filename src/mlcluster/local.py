@@ -542,6 +542,29 @@ def down(name: str = DEFAULT_NAME, say=print) -> list[str]:
     return removed
 
 
+def _systemd_state(name: str, container: str, ip: str) -> str:
+    """``systemctl is-system-running`` on a node: through ``podman exec``, else over SSH.
+
+    ``podman exec`` fails on hosts whose runtime cannot join the container's cgroup (seen on
+    cgroup v1 hosts: "writing file `cgroup.procs`"); the node's own sshd still answers then.
+    """
+    probe = podman.run(["exec", container, "systemctl", "is-system-running"], check=False)
+    if probe.stdout.strip():
+        return probe.stdout.strip()
+    key = cluster_dir(name) / "id_ed25519"
+    if ip and key.exists():
+        over_ssh = subprocess.run(
+            ["ssh", *ssh_options(key), f"root@{ip}", "systemctl", "is-system-running"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if over_ssh.stdout.strip():
+            return over_ssh.stdout.strip()
+    return "unknown"
+
+
 def status(name: str = DEFAULT_NAME) -> list[dict]:
     podman.valid_name(name)
     podman.require_podman()
@@ -552,10 +575,7 @@ def status(name: str = DEFAULT_NAME) -> list[dict]:
         running = info["State"]["Running"]
         nets = info["NetworkSettings"].get("Networks") or {}
         ip = next((n.get("IPAddress") for n in nets.values()), "")
-        systemd = "-"
-        if running:
-            probe = podman.run(["exec", ctr_name, "systemctl", "is-system-running"], check=False)
-            systemd = probe.stdout.strip() or "unknown"
+        systemd = _systemd_state(name, ctr_name, ip) if running else "-"
         rows.append(
             {
                 "container": ctr_name,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 
 import pytest
 
 from mlcluster import local
 
-from .conftest import mlcluster
+from .conftest import ROOT, mlcluster
 
 pytestmark = pytest.mark.integration
 
@@ -21,6 +24,48 @@ def test_status_lists_every_node_running(cluster):
     assert sorted(rows) == ["compute1", "compute2", "controller"]
     assert {r["group"] for r in rows.values()} == {"slurm_controller", "slurm_compute"}
     assert all(r["state"] == "running" and r["systemd"] == "running" for r in rows.values())
+
+
+def test_status_reads_systemd_over_ssh_where_podman_exec_fails(cluster, tmp_path):
+    """On cgroup v1 hosts ``podman exec`` into a node fails ("writing file `cgroup.procs`"):
+    ``local status`` then asks the node's own sshd. A podman on PATH whose ``exec`` fails that
+    way, the real one for everything else."""
+    real = shutil.which("podman")
+    wrapper = tmp_path / "bin" / "podman"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = exec ]; then\n'
+        "  echo 'Error: crun: writing file `cgroup.procs`: Operation not supported' >&2\n"
+        "  exit 126\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PATH": f"{wrapper.parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlcluster.cli",
+            "local",
+            "status",
+            "--name",
+            cluster.name,
+            "--json",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rows = {r["hostname"]: r["systemd"] for r in json.loads(proc.stdout)}
+    assert rows == {"compute1": "running", "compute2": "running", "controller": "running"}
+    # The wrapper is what answered exec: through it, exec fails.
+    failed = subprocess.run([str(wrapper), "exec", "x", "true"], capture_output=True, check=False)
+    assert failed.returncode == 126
 
 
 def test_inventory_has_the_real_groups(cluster):

@@ -2,17 +2,25 @@
 running, a node joins with `--limit NEW,controller` without disturbing a running job, and the
 cluster switches to configless mode and back.
 
+A deploy killed right after it wrote a new configuration (before any daemon restarted) is
+completed by the next deploy, which restarts the daemons, and the one after changes nothing.
+
 The exact node state, accounting, memory limits, MUNGE and the health check are verified by
 the molecule scenario (molecule/default); these are the changes of a running cluster.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from mlcluster.inputs import ansible_env
+from mlcluster.paths import project_root, venv_bin
 from mlcluster.runner import EXIT_FAILED, EXIT_OK, run_playbook
 
 from .conftest import Cluster, mlcluster
@@ -127,3 +135,67 @@ def test_munge_key_is_kept_and_rotated_only_on_purpose(slurm_cluster):
     assert len(after) == 1 and after != before
     hosts = slurm_cluster.ssh("controller", "srun --nodes=3 hostname").stdout.split()
     assert sorted(hosts) == ["compute1", "compute2", "compute3"]
+
+
+COMPUTES = ("compute1", "compute2", "compute3")
+WRITE_TASK = "TASK [slurm : Write the Slurm configuration] "
+
+
+def slurmd_pids(cluster: Cluster) -> dict[str, str]:
+    return {
+        node: cluster.ssh(node, "systemctl show -p MainPID --value slurmd").stdout.strip()
+        for node in COMPUTES
+    }
+
+
+def test_a_deploy_killed_after_writing_the_configuration_is_completed_by_the_next(slurm_cluster):
+    """SIGKILL at the first banner after the configuration was written: the new cgroup.conf is
+    on the nodes, the daemons still run the old one. The next deploy restarts them (the digest
+    of the configuration they started with differs); the one after changes nothing."""
+    before = slurmd_pids(slurm_cluster)
+    extravars = {"slurm_cgroup_config": {"AllowedRAMSpace": 98}}
+    playbook = subprocess.Popen(
+        [
+            str(venv_bin() / "ansible-playbook"),
+            "-i",
+            str(slurm_cluster.inventory),
+            "-e",
+            json.dumps(extravars),
+            "playbooks/slurm.yml",
+        ],
+        cwd=project_root(),
+        env={**os.environ, **ansible_env(), **SKIP_WORKLOADS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen_write, killed_at = False, None
+    for line in playbook.stdout:
+        if line.startswith(WRITE_TASK):
+            seen_write = True
+        elif seen_write and line.startswith(("TASK [", "RUNNING HANDLER [")):
+            playbook.send_signal(signal.SIGKILL)
+            killed_at = line.strip()
+            break
+    playbook.wait(timeout=60)
+    playbook.stdout.close()
+    assert killed_at, "the run never reached the task after writing the configuration"
+    assert playbook.returncode == -signal.SIGKILL
+
+    for node in COMPUTES:
+        conf = slurm_cluster.ssh(node, "cat /etc/slurm/cgroup.conf").stdout
+        assert "AllowedRAMSpace=98" in conf, (node, killed_at)
+    assert slurmd_pids(slurm_cluster) == before, "a daemon restarted before the kill"
+
+    completed = converge(slurm_cluster, "playbooks/slurm.yml", extravars=extravars)
+    assert completed.exit_code == EXIT_OK, completed.errors
+    restarted = slurmd_pids(slurm_cluster)
+    assert all(restarted[node] != before[node] for node in COMPUTES), (before, restarted)
+
+    again = converge(slurm_cluster, "playbooks/slurm.yml", extravars=extravars)
+    assert again.exit_code == EXIT_OK, again.errors
+    assert {h: c["changed"] for h, c in again.hosts.items()} == dict.fromkeys(
+        ("compute1", "compute2", "compute3", "controller"), 0
+    )
+    assert slurmd_pids(slurm_cluster) == restarted
+    assert sinfo(slurm_cluster) == ["compute1 idle", "compute2 idle", "compute3 idle"]
