@@ -19,6 +19,30 @@ from .conftest import ROOT, run_playbook
 HERE = Path(__file__).parent
 FIXTURES = ROOT / "tests" / "fixtures"
 CRI = "io.containerd.grpc.v1.cri"
+# Not the default (my-scheduler): every object of the second kube-scheduler follows the name.
+NEURON_SCHEDULER = "trn-scheduler"
+# The fields of KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1, Go types of
+# k8s.io/kube-scheduler/config/v1) that the add-on sets or could, by object; kube-scheduler
+# decodes its --config strictly, so any other key would stop it at start.
+SCHEDULER_CONFIG_FIELDS = {
+    "config": {
+        "apiVersion", "kind", "parallelism", "leaderElection", "clientConnection",
+        "enableProfiling", "enableContentionProfiling", "percentageOfNodesToScore",
+        "podInitialBackoffSeconds", "podMaxBackoffSeconds", "profiles", "extenders",
+        "delayCacheUntilActive",
+    },
+    "leaderElection": {
+        "leaderElect", "leaseDuration", "renewDeadline", "retryPeriod", "resourceLock",
+        "resourceName", "resourceNamespace",
+    },
+    "profile": {"schedulerName", "percentageOfNodesToScore", "plugins", "pluginConfig"},
+    "extender": {
+        "urlPrefix", "filterVerb", "preemptVerb", "prioritizeVerb", "weight", "bindVerb",
+        "enableHTTPS", "tlsConfig", "httpTimeout", "nodeCacheCapable", "managedResources",
+        "ignorable",
+    },
+    "managedResource": {"name", "ignoredByScheduler"},
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +69,8 @@ def addons(tmp_path_factory) -> Path:
         extravars={
             "eks_addons_render_dir": str(out / "manifests"),
             "eks_addons_neuron_device_plugin": True,
+            "eks_addons_neuron_scheduler": True,
+            "eks_addons_neuron_scheduler_name": NEURON_SCHEDULER,
             "eks_addons_region": "eu-west-1",
         },
     )
@@ -129,6 +155,21 @@ def test_the_addons_manifests_are_valid_kubernetes(addons):
             "ClusterRoleBinding/neuron-device-plugin",
             "DaemonSet/neuron-device-plugin-daemonset",
         ],
+        "neuron-scheduler": [
+            "ServiceAccount/k8s-neuron-scheduler",
+            "ClusterRole/k8s-neuron-scheduler",
+            "ClusterRoleBinding/k8s-neuron-scheduler",
+            "Deployment/k8s-neuron-scheduler",
+            "Service/k8s-neuron-scheduler",
+            f"ServiceAccount/{NEURON_SCHEDULER}",
+            f"ClusterRoleBinding/{NEURON_SCHEDULER}-as-kube-scheduler",
+            f"ClusterRoleBinding/{NEURON_SCHEDULER}-as-volume-scheduler",
+            f"Role/{NEURON_SCHEDULER}-leader-election",
+            f"RoleBinding/{NEURON_SCHEDULER}-leader-election",
+            f"RoleBinding/{NEURON_SCHEDULER}-authentication-reader",
+            f"ConfigMap/{NEURON_SCHEDULER}-config",
+            f"Deployment/{NEURON_SCHEDULER}",
+        ],
         "nvidia-device-plugin": ["DaemonSet/nvidia-device-plugin-daemonset"],
     }
 
@@ -153,6 +194,19 @@ def test_the_addons_images_are_the_pinned_ones(addons, versions):
     assert image("neuron-device-plugin") == (
         f"public.ecr.aws/neuron/neuron-device-plugin:{pins['neuron_device_plugin']['version']}"
     )
+    scheduler = neuron_scheduler(addons)
+    assert (
+        scheduler["Deployment/k8s-neuron-scheduler"]["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        == f"public.ecr.aws/neuron/neuron-scheduler:{pins['neuron_scheduler']['version']}"
+    )
+    assert (
+        scheduler[f"Deployment/{NEURON_SCHEDULER}"]["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+        == f"registry.k8s.io/kube-scheduler:{pins['kube_scheduler']['version']}"
+    )
     storage_class = next(yaml.safe_load_all((addons / "fsx-storage.yml").read_text()))
     assert storage_class["parameters"]["subnetId"] == "subnet-0123456789abcdef0"
     assert storage_class["parameters"]["securityGroupIds"] == "sg-0123456789abcdef0"
@@ -165,6 +219,183 @@ def test_a_wrong_addon_manifest_is_refused(addons):
         "DaemonSet/nvidia-device-plugin-daemonset: spec.template.spec.tolerations.0: "
         "Additional properties are not allowed ('efect' was unexpected)"
     ]
+
+
+def neuron_scheduler(addons: Path) -> dict[str, dict]:
+    """The Neuron scheduler add-on's objects by kind/name."""
+    docs = yaml.safe_load_all((addons / "neuron-scheduler.yml").read_text())
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
+
+
+def scheduler_config_unknown_fields(config: dict) -> list[str]:
+    """The keys of a KubeSchedulerConfiguration that kube-scheduler's strict decoding refuses."""
+    fields = SCHEDULER_CONFIG_FIELDS
+    objects = [("", config, fields["config"])]
+    objects.append(("leaderElection", config.get("leaderElection", {}), fields["leaderElection"]))
+    for i, profile in enumerate(config.get("profiles", [])):
+        objects.append((f"profiles.{i}", profile, fields["profile"]))
+    for i, extender in enumerate(config.get("extenders", [])):
+        objects.append((f"extenders.{i}", extender, fields["extender"]))
+        for j, resource in enumerate(extender.get("managedResources", [])):
+            objects.append(
+                (f"extenders.{i}.managedResources.{j}", resource, fields["managedResource"])
+            )
+    return [
+        f"{where}.{key}".lstrip(".")
+        for where, obj, known in objects
+        for key in obj
+        if key not in known
+    ]
+
+
+def test_the_neuron_kube_scheduler_consults_the_extension_its_service_serves(addons):
+    objects = neuron_scheduler(addons)
+    service = objects["Service/k8s-neuron-scheduler"]
+    (port,) = service["spec"]["ports"]
+    extension = objects["Deployment/k8s-neuron-scheduler"]["spec"]["template"]
+    # The Service reaches the extension: its selector, its named target port, the port the
+    # extension is told to listen on.
+    assert service["spec"]["selector"].items() <= extension["metadata"]["labels"].items()
+    (container,) = extension["spec"]["containers"]
+    (container_port,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert container_port["containerPort"] == port["port"]
+    assert {"name": "PORT", "value": str(port["port"])} in container["env"]
+
+    scheduler = objects[f"Deployment/{NEURON_SCHEDULER}"]["spec"]["template"]["spec"]
+    (kube_scheduler,) = scheduler["containers"]
+    config_arg = next(a for a in kube_scheduler["command"] if a.startswith("--config="))
+    config_dir, config_key = config_arg.removeprefix("--config=").rsplit("/", 1)
+    (mount,) = kube_scheduler["volumeMounts"]
+    assert mount["mountPath"] == config_dir
+    (volume,) = [v for v in scheduler["volumes"] if v["name"] == mount["name"]]
+    config_map = objects[f"ConfigMap/{volume['configMap']['name']}"]
+    config = yaml.safe_load(config_map["data"][config_key])
+
+    assert scheduler_config_unknown_fields(config) == []
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    assert [profile["schedulerName"] for profile in config["profiles"]] == [NEURON_SCHEDULER]
+    (extender,) = config["extenders"]
+    meta = service["metadata"]
+    assert extender["urlPrefix"] == (
+        f"http://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port['port']}"
+    )
+    assert extender == {
+        "urlPrefix": extender["urlPrefix"],
+        "filterVerb": "filter",
+        "bindVerb": "bind",
+        "enableHTTPS": False,
+        "nodeCacheCapable": True,
+        "ignorable": False,
+        "managedResources": [
+            {"name": f"aws.amazon.com/{name}", "ignoredByScheduler": False}
+            for name in ("neuron", "neuroncore", "neurondevice")
+        ],
+    }
+    # Its own lease, which its Role lets its service account hold, and the scheduler roles.
+    assert config["leaderElection"] == {
+        "leaderElect": True,
+        "resourceNamespace": "kube-system",
+        "resourceName": NEURON_SCHEDULER,
+    }
+    account = {"kind": "ServiceAccount", "name": NEURON_SCHEDULER, "namespace": "kube-system"}
+    assert scheduler["serviceAccountName"] == NEURON_SCHEDULER
+    lease_role = objects[f"Role/{NEURON_SCHEDULER}-leader-election"]
+    lease = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"]}
+    assert {**lease, "resourceNames": [NEURON_SCHEDULER], "verbs": ["get", "update"]} in (
+        lease_role["rules"]
+    )
+    bound = {
+        doc["roleRef"]["name"]
+        for doc in objects.values()
+        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding") and account in doc["subjects"]
+    }
+    assert bound == {
+        "system:kube-scheduler",
+        "system:volume-scheduler",
+        f"{NEURON_SCHEDULER}-leader-election",
+        "extension-apiserver-authentication-reader",
+    }
+
+
+def test_a_wrong_neuron_scheduler_is_refused(addons):
+    objects = neuron_scheduler(addons)
+    service = objects["Service/k8s-neuron-scheduler"]
+    service["spec"]["ports"][0]["port"] = "12345"
+    assert eks.validation_errors(service) == [
+        "Service/k8s-neuron-scheduler: spec.ports.0.port: '12345' is not of type 'integer'"
+    ]
+    # The Policy spelling of the chart's older mode (enableHttps) is not a field of this kind.
+    config_map = objects[f"ConfigMap/{NEURON_SCHEDULER}-config"]
+    config = yaml.safe_load(config_map["data"]["config.yaml"])
+    config["extenders"][0]["enableHttps"] = config["extenders"][0].pop("enableHTTPS")
+    assert scheduler_config_unknown_fields(config) == ["extenders.0.enableHttps"]
+
+
+def test_the_neuron_scheduler_is_rendered_only_when_asked(tmp_path):
+    run = run_playbook(
+        ROOT / "playbooks" / "eks.yml",
+        ROOT / "inventory" / "eks",
+        tmp_path,
+        extravars={"eks_addons_render_dir": str(tmp_path / "m")},
+    )
+    assert run.status == "successful", run.stdout[-3000:]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "efa-device-plugin.yml",
+        "fsx-storage.yml",
+        "nvidia-device-plugin.yml",
+    ]
+
+
+def test_the_neuron_scheduler_is_applied_only_when_asked(tmp_path):
+    """Applying for real (no render directory) with every other add-on off and a kubeconfig
+    that does not exist: without the flag nothing is sent and the play succeeds; with it the
+    add-on's apply is what fails (the kubeconfig is missing)."""
+    alone = {
+        "eks_addons_kubeconfig": str(tmp_path / "no-kubeconfig"),
+        "eks_addons_nvidia_device_plugin": False,
+        "eks_addons_efa_device_plugin": False,
+        "eks_addons_training_operator": False,
+        "eks_addons_fsx": False,
+    }
+    eks_yml, inventory = ROOT / "playbooks" / "eks.yml", ROOT / "inventory" / "eks"
+    off = run_playbook(eks_yml, inventory, tmp_path, extravars=alone)
+    assert off.status == "successful", off.stdout[-3000:]
+    assert off.changed() == 0
+    on = run_playbook(
+        eks_yml, inventory, tmp_path, extravars={**alone, "eks_addons_neuron_scheduler": True}
+    )
+    assert on.status == "failed"
+    failed_task = on.stdout.rsplit("TASK [", 1)[1].split("]", 1)[0]
+    assert failed_task == "eks_addons : Apply the add-ons shipped as manifests"
+    assert "(item=neuron-scheduler)" in on.stdout
+
+
+def test_the_neuron_scheduler_needs_the_clusters_kube_scheduler_and_a_name_of_its_own(tmp_path):
+    text = (ROOT / "versions.yml").read_text()
+    pin = "kube_scheduler: {image: registry.k8s.io/kube-scheduler, version: v1.33.1}"
+    assert text.count(pin) == 1
+    other = tmp_path / "versions.yml"
+    other.write_text(text.replace(pin, pin.replace("v1.33.1", "v1.34.0")))
+    eks_yml, inventory = ROOT / "playbooks" / "eks.yml", ROOT / "inventory" / "eks"
+    render = {"eks_addons_render_dir": str(tmp_path / "m"), "eks_addons_neuron_scheduler": True}
+    run = run_playbook(
+        eks_yml, inventory, tmp_path, extravars={**render, "mlcluster_versions_file": str(other)}
+    )
+    assert run.status == "failed"
+    assert (
+        "eks: kube_scheduler v1.34.0 is not of Kubernetes 1.33 (eks.kubernetes); the Neuron "
+        "scheduler's kube-scheduler must be the cluster's minor version." in run.stdout
+    )
+    run = run_playbook(
+        eks_yml,
+        inventory,
+        tmp_path,
+        extravars={**render, "eks_addons_neuron_scheduler_name": "default-scheduler"},
+    )
+    assert run.status == "failed"
+    assert 'eks_addons_neuron_scheduler_name "default-scheduler" must be a DNS label' in run.stdout
+    assert not (tmp_path / "m").exists()
 
 
 def test_fsx_needs_a_subnet(tmp_path):

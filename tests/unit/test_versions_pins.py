@@ -40,6 +40,13 @@ def test_every_flavour_of_the_matrix_passes_the_rules(versions, flavor):
     assert rules.version_errors(versions, flavor) == []
 
 
+def test_the_eks_pins_pass_their_rule(versions):
+    assert versions["eks"]["kube_scheduler"]["version"].startswith(
+        f"v{versions['eks']['kubernetes']}."
+    )
+    assert rules.eks_version_errors(versions) == []
+
+
 def test_no_download_is_left_unverified(versions):
     for component, entry in versions["components"].items():
         for name, download in (entry.get("downloads") or {}).items():

@@ -439,6 +439,7 @@ def test_version_tuple(text, parts):
 def test_the_filters_are_registered():
     assert sorted(versions.FilterModule().filters()) == [
         "download",
+        "eks_version_errors",
         "flavor_components",
         "flavor_platforms",
         "source_url",
@@ -463,3 +464,21 @@ def test_dcgm_exporter_is_the_eks_charts_release(manifest):
     # Outside the flavour nothing is asked of it.
     manifest["flavors"]["gpu"].remove("dcgm")
     assert errors(manifest) == []
+
+
+def test_the_neuron_schedulers_kube_scheduler_is_of_the_clusters_minor_version():
+    eks = {"kubernetes": "1.33", "kube_scheduler": {"image": "k", "version": "v1.33.1"}}
+    assert versions.eks_version_errors({"eks": eks}) == []
+    # Another patch release of the same minor is fine; another minor, older or newer, is not.
+    eks["kube_scheduler"]["version"] = "v1.33.7"
+    assert versions.eks_version_errors({"eks": eks}) == []
+    for other in ("v1.34.0", "v1.32.5", "1.3.3"):
+        eks["kube_scheduler"]["version"] = other
+        assert versions.eks_version_errors({"eks": eks}) == [
+            f"eks: kube_scheduler {other} is not of Kubernetes 1.33 (eks.kubernetes); the Neuron "
+            "scheduler's kube-scheduler must be the cluster's minor version."
+        ]
+    # No scheduler pinned (or no eks section): nothing to compare.
+    del eks["kube_scheduler"]
+    assert versions.eks_version_errors({"eks": eks}) == []
+    assert versions.eks_version_errors({}) == []

@@ -21,7 +21,9 @@ description:
     known operating systems) in C(platforms); the mirror base is an http(s) URL."
   - Companion filters in this file are C(download) (resolve a download to URL, checksum and
     commit), C(source_url) (resolve a repository base), C(flavor_components) and
-    C(flavor_platforms) (the distribution and major version of each OS a flavour is built on).
+    C(flavor_platforms) (the distribution and major version of each OS a flavour is built on),
+    and C(eks_version_errors) (the EKS add-ons' pins, which no image contains; the Neuron
+    scheduler's kube-scheduler is of the minor version C(eks.kubernetes) pins).
 positional: _input, flavor
 options:
   _input:
@@ -48,6 +50,11 @@ EXAMPLES = r"""
       {{ mlcluster_versions | mlcluster.core.version_errors('gpu',
          mirror_base=mlcluster_mirror_base | default('')) }}
 
+- name: Check the EKS add-ons' pins before anything is applied
+  ansible.builtin.assert:
+    that: mlcluster_versions | mlcluster.core.eks_version_errors | length == 0
+    fail_msg: "{{ mlcluster_versions | mlcluster.core.eks_version_errors | join('\n') }}"
+
 - name: Download the EFA installer with its checksum
   ansible.builtin.get_url:
     url: "{{ __dl.url }}"
@@ -62,7 +69,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: One message per broken rule (version_errors); empty when the manifest is consistent.
+  description: >-
+    One message per broken rule (version_errors, eks_version_errors); empty when the manifest
+    is consistent.
   type: list
   elements: str
 """
@@ -296,6 +305,24 @@ def _rule_dcgm_exporter(versions: dict, present: set) -> list[str]:
     return []
 
 
+def eks_version_errors(versions: dict) -> list[str]:
+    """The EKS add-ons' pins (versions.yml, eks) against each other: the second kube-scheduler
+    of the Neuron scheduler extension talks to the cluster's API server and reads its
+    KubeSchedulerConfiguration, so it is of the cluster's minor version (eks.kubernetes)."""
+    eks = versions.get("eks") or {}
+    scheduler = (eks.get("kube_scheduler") or {}).get("version")
+    if scheduler is None:
+        return []
+    cluster = version_tuple(eks.get("kubernetes"))[:2]
+    if version_tuple(str(scheduler).lstrip("v"))[:2] != cluster or len(cluster) < 2:
+        return [
+            f"eks: kube_scheduler {scheduler} is not of Kubernetes {eks.get('kubernetes')} "
+            "(eks.kubernetes); the Neuron scheduler's kube-scheduler must be the cluster's "
+            "minor version."
+        ]
+    return []
+
+
 def _rule_downloads(versions: dict, present: set) -> list[str]:
     sources = versions.get("sources") or {}
     errors = []
@@ -394,6 +421,7 @@ class FilterModule:
     def filters(self):
         return {
             "version_errors": version_errors,
+            "eks_version_errors": eks_version_errors,
             "download": download,
             "source_url": source_url,
             "flavor_components": flavor_components,
