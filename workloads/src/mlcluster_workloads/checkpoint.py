@@ -13,8 +13,10 @@ random-number generators (``rng-<rank>.pt``); the JAX case saves its replicated 
 ``state.npz``. The marker records the step, the world size and the training position, so a
 resumed run continues with the next step and no optimizer step is lost or repeated.
 
-``CheckpointDir`` and the argument and signal helpers import neither torch nor JAX (the JAX case
-uses them); ``Checkpointer``, the torch one, imports torch when built.
+``after_step`` is the end of every case's training step: whether to save, the save and its
+``checkpoint`` event, and whether to stop. ``CheckpointDir``, ``after_step`` and the argument and
+signal helpers import neither torch nor JAX (the JAX case uses them); ``Checkpointer``, the torch
+one, imports torch when built.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mlcluster_workloads.metrics import Reporter
 
 MARKER = "complete.json"
 # Steps between saves when a run is given --checkpoint-dir but no --checkpoint-every: often
@@ -93,6 +99,44 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+
+def after_step(
+    args: argparse.Namespace,
+    step: int,
+    *,
+    stop: StopRequest,
+    any_rank: Callable[[bool], bool],
+    save: Callable[[int, dict[str, int]], Path] | None,
+    reporter: Reporter,
+    global_batch: int,
+) -> bool:
+    """The end of training step ``step``: save when the cadence asks or the run is stopping, and
+    say whether the loop must stop now (True only before the last step: a run stopped at its
+    last step simply ends).
+
+    The run stops after ``--stop-after-step`` or when a stop signal reached any rank
+    (``any_rank``, the case's collective, makes every rank agree). ``save(step, train)`` writes
+    the case's checkpoint with the training position ``train`` and returns its directory; None
+    when the run has no ``--checkpoint-dir``. Each save is reported as a ``checkpoint`` event.
+    """
+    stopping = step == args.stop_after_step or any_rank(stop.requested)
+    if save is not None and (stopping or due(args, step)):
+        started = time.perf_counter()
+        path = save(step, {"step": step, "samples_consumed": step * global_batch})
+        reporter.emit(
+            {
+                "event": "checkpoint",
+                "case": reporter.case,
+                "step": step,
+                "path": str(path),
+                "save_s": time.perf_counter() - started,
+            }
+        )
+    if stopping and step < args.steps:
+        print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
+        return True
+    return False
 
 
 class CheckpointDir:

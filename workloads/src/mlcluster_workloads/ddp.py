@@ -12,7 +12,6 @@ asks it to stop) and resumes from the newest complete checkpoint there (checkpoi
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import TextIO
 
@@ -157,6 +156,11 @@ def run(
     if start_step:
         reporter.emit({"event": "resume", "case": "ddp", "step": start_step})
     stop = stop or checkpoint.StopRequest(install=False)
+    save = (
+        None
+        if checkpointer is None
+        else lambda step, train: checkpointer.save(step, model, optimizer, train)
+    )
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
         indices = sampler.indices(step - 1)
@@ -169,27 +173,16 @@ def run(
         elapsed = time.perf_counter() - started
         reporter.step(step, dist.mean_across_ranks(loss), elapsed)
         rank_report.step(step, indices, loss)
-        stopping = step == args.stop_after_step or dist.any_rank(stop.requested, ctx.device)
-        if checkpointer is not None and (stopping or checkpoint.due(args, step)):
-            started = time.perf_counter()
-            path = checkpointer.save(
-                step,
-                model,
-                optimizer,
-                {"step": step, "samples_consumed": step * sampler.global_batch},
-            )
-            reporter.emit(
-                {
-                    "event": "checkpoint",
-                    "case": "ddp",
-                    "step": step,
-                    "path": str(path),
-                    "save_s": time.perf_counter() - started,
-                }
-            )
-        if stopping and step < args.steps:
-            stopped_early = True
-            print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
+        stopped_early = checkpoint.after_step(
+            args,
+            step,
+            stop=stop,
+            any_rank=lambda flag: dist.any_rank(flag, ctx.device),
+            save=save,
+            reporter=reporter,
+            global_batch=sampler.global_batch,
+        )
+        if stopped_early:
             break
     reporter.summary(stopped_early=stopped_early)
     if rank_report.enabled:

@@ -316,6 +316,14 @@ def train(args: argparse.Namespace, stream: TextIO, stop: checkpoint.StopRequest
     if start_step:
         reporter.emit({"event": "resume", "case": "jax_dp", "step": start_step})
     rank_report = metrics.RankReport(args.debug_report, process, processes)
+    # The loop rebinds params, moments and count; the closure saves them as they are at the save.
+    save = (
+        None
+        if directory is None
+        else lambda step, train: save_checkpoint(
+            directory, step, flatten_state(params, moments, count), train
+        )
+    )
     stopped_early = False
     for step in range(start_step + 1, args.steps + 1):
         index = sampler.indices(step - 1)
@@ -329,27 +337,16 @@ def train(args: argparse.Namespace, stream: TextIO, stop: checkpoint.StopRequest
             rank_report.step(
                 step, index, np.mean([np.asarray(s.data) for s in local.addressable_shards])
             )
-        stopping = step == args.stop_after_step or any_process(stop.requested)
-        if directory is not None and (stopping or checkpoint.due(args, step)):
-            started = time.perf_counter()
-            path = save_checkpoint(
-                directory,
-                step,
-                flatten_state(params, moments, count),
-                {"step": step, "samples_consumed": step * sampler.global_batch},
-            )
-            reporter.emit(
-                {
-                    "event": "checkpoint",
-                    "case": "jax_dp",
-                    "step": step,
-                    "path": str(path),
-                    "save_s": time.perf_counter() - started,
-                }
-            )
-        if stopping and step < args.steps:
-            stopped_early = True
-            print(f"stopping after step {step} ({stop.signal or 'as asked'})", file=sys.stderr)
+        stopped_early = checkpoint.after_step(
+            args,
+            step,
+            stop=stop,
+            any_rank=any_process,
+            save=save,
+            reporter=reporter,
+            global_batch=sampler.global_batch,
+        )
+        if stopped_early:
             break
     reporter.summary(stopped_early=stopped_early)
     if rank_report.enabled:
