@@ -47,6 +47,17 @@ def test_the_eks_pins_pass_their_rule(versions):
     assert rules.eks_version_errors(versions) == []
 
 
+def test_the_shipped_dcgm_exporter_pins_are_held_together(versions):
+    """The rule reads the shipped file's own keys: the EKS chart moved alone fails the GPU bake."""
+    assert "dcgm" in versions["flavors"]["gpu"]
+    versions["eks"]["dcgm_exporter"]["version"] = "9.9.9"
+    exporter = versions["components"]["dcgm"]["exporter"]
+    assert rules.version_errors(versions, "gpu") == [
+        f"dcgm: exporter {exporter} is not the release of the EKS add-on's chart "
+        "(eks.dcgm_exporter 9.9.9); Slurm and EKS nodes would export different fields."
+    ]
+
+
 def test_no_download_is_left_unverified(versions):
     for component, entry in versions["components"].items():
         for name, download in (entry.get("downloads") or {}).items():

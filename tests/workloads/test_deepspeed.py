@@ -98,7 +98,10 @@ def test_two_ranks_train_as_one_process_of_the_fsdp_case_on_the_global_batch(zer
     )
     local = np.array([[s["local_loss"] for s in rank["steps"]] for rank in ranks])
     np.testing.assert_allclose([r["loss"] for r in steps(records)], local.mean(axis=0), rtol=1e-6)
-    assert_parameters_synchronised(ranks, alone, names=TINY_PARAMETERS, rtol=1e-4, atol=1e-5)
+    # atol 5e-5: the sums run in another order on 2 ranks than in one process, and that order
+    # differs between CPUs (on one Xeon, ZeRO-3: 1 element of 32768 off by 1.7e-5 after AdamW,
+    # with 1e-5 passing on another); a rank training on other data is off by far more.
+    assert_parameters_synchronised(ranks, alone, names=TINY_PARAMETERS, rtol=1e-4, atol=5e-5)
 
 
 def test_tflops_and_mfu_are_the_hand_count_over_the_step_time(zero):

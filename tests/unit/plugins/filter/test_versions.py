@@ -450,12 +450,12 @@ def test_the_filters_are_registered():
 def test_dcgm_exporter_is_the_eks_charts_release(manifest):
     manifest["flavors"]["gpu"].append("dcgm")
     comps(manifest)["dcgm"] = {"version": "4.2.3", "exporter": "4.1.1"}
-    manifest["eks"] = {"addons": {"dcgm_exporter": {"chart": "dcgm-exporter", "version": "4.1.1"}}}
+    manifest["eks"] = {"dcgm_exporter": {"chart": "dcgm-exporter", "version": "4.1.1"}}
     assert errors(manifest) == []
-    manifest["eks"]["addons"]["dcgm_exporter"]["version"] = "4.2.0"
+    manifest["eks"]["dcgm_exporter"]["version"] = "4.2.0"
     assert errors(manifest) == [
         "dcgm: exporter 4.1.1 is not the release of the EKS add-on's chart "
-        "(eks.addons.dcgm_exporter 4.2.0); Slurm and EKS nodes would export different fields."
+        "(eks.dcgm_exporter 4.2.0); Slurm and EKS nodes would export different fields."
     ]
     del comps(manifest)["dcgm"]["exporter"]
     assert errors(manifest) == [

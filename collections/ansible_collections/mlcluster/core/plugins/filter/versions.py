@@ -291,15 +291,13 @@ def _rule_dcgm_exporter(versions: dict, present: set) -> list[str]:
     if "dcgm" not in present:
         return []
     exporter = (_components(versions).get("dcgm") or {}).get("exporter")
-    chart = (((versions.get("eks") or {}).get("addons") or {}).get("dcgm_exporter") or {}).get(
-        "version"
-    )
+    chart = ((versions.get("eks") or {}).get("dcgm_exporter") or {}).get("version")
     if not exporter:
         return ["dcgm: no `exporter` release (the dcgm-exporter package the image installs)."]
     if chart and str(chart) != str(exporter):
         return [
             f"dcgm: exporter {exporter} is not the release of the EKS add-on's chart "
-            f"(eks.addons.dcgm_exporter {chart}); Slurm and EKS nodes would export different "
+            f"(eks.dcgm_exporter {chart}); Slurm and EKS nodes would export different "
             "fields."
         ]
     return []
