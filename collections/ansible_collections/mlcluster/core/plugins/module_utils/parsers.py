@@ -1,8 +1,11 @@
 """Where a node's accelerator software is looked for, and parsers of command output and file
 content about it.
 
-Shared by the collection's modules (image_manifest, node_facts) and unit-tested on their own.
-Standard library only, and no system access except ``search_binary``, which reads a file.
+Shared by the collection's modules (image_manifest, node_facts) and by the workloads package,
+whose ``mlcluster_workloads/parsers.py`` is this very file (a symlink; its wheel carries the
+content), so that the bake's image manifest and the training jobs' version report look in the
+same places and read versions the same way. Standard library only, and no system access except
+``search_binary``, which reads a file.
 """
 
 from __future__ import annotations
