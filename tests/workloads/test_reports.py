@@ -146,6 +146,17 @@ def test_versions_finds_aws_ofi_nccl_where_the_efa_installer_puts_it_on_ubuntu(t
     assert "/usr/local/lib/{libnccl-net-ofi.so,libnccl-net.so,libnccl-net-aws-ofi.so}" in looked_for
 
 
+def test_versions_reads_nccl_from_the_nccl_roles_wheel_prefix_first(tmp_path):
+    """/opt/nccl/lib (libnccl.so.2 only, from the wheel) before a distribution's libnccl."""
+    put(tmp_path, "/opt/nccl/lib/libnccl.so.2", b"\x7fELF\x00NCCL version 2.27.7+cuda12.9\x00")
+    put(tmp_path, "/usr/lib/x86_64-linux-gnu/libnccl.so.2.21.5", b"")
+    assert versions.nccl_library(Host(root=tmp_path)) == {
+        "status": "present",
+        "version": "2.27.7",
+        "source": "/opt/nccl/lib/libnccl.so.2 (its embedded version string)",
+    }
+
+
 def test_versions_of_packages_count_installed_ones_only(tmp_path):
     """dpkg's entry of a package removed with its configuration left (rc) is not a version;
     rpm's is read as the image manifest reads it."""

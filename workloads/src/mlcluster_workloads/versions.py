@@ -23,7 +23,9 @@ from mlcluster_workloads.parsers import (
     DPKG_QUERY_FORMAT,
     EFA_BIN_DIR,
     EFA_INSTALLED_PACKAGES,
+    NCCL_LIBRARY,
     NCCL_LIBRARY_DIRS,
+    NCCL_VERSION,
     OFI_NCCL_LIBRARIES,
     OFI_NCCL_LIBRARY_DIRS,
     OFI_NCCL_VERSION,
@@ -120,11 +122,15 @@ def nccl_library(host: Host) -> dict[str, Any]:
         ]
         if versioned:
             return present(max(versioned, key=_version_key), f"{directory}/libnccl.so.*")
+        # The nccl role's wheel prefix holds libnccl.so.2 alone: the version is compiled in.
+        library = host.file(f"{directory}/{NCCL_LIBRARY}")
+        if library.is_file() and (found := search_binary(str(library), NCCL_VERSION)):
+            return present(found[0], f"{directory}/{NCCL_LIBRARY} (its embedded version string)")
     for wheel in NCCL_WHEELS:
         if version := distribution_version(wheel):
             return present(version, f"pip distribution {wheel}")
     return absent(
-        *(f"{directory}/libnccl.so.X.Y.Z" for directory in directories),
+        *(f"{directory}/libnccl.so.{{X.Y.Z,2}}" for directory in directories),
         *(f"pip distribution {wheel}" for wheel in NCCL_WHEELS),
     )
 
