@@ -16,6 +16,7 @@ from mlcluster.paths import load_plugin
 from .conftest import ROOT
 
 m = load_plugin("modules", "image_manifest")
+parsers = load_plugin("module_utils", "parsers")
 
 
 def test_dpkg_query_keeps_installed_packages_only():
@@ -73,13 +74,71 @@ def test_cuda_version_json():
         {"cuda": {"name": "CUDA SDK", "version": "12.9.1"}, "cuda_cudart": {"version": "12.9.79"}}
     )
     assert m.parse_cuda_version_json(text) == "12.9.1"
-    assert m.parse_cuda_version_json("not json") is None
+    for broken in ("not json", "[]", '{"cuda": "12.9"}', '{"cuda": {"version": 12.9}}', "{}"):
+        assert m.parse_cuda_version_json(broken) is None, broken
 
 
 def test_nccl_version_from_the_library_bytes():
     blob = b"\x00garbage\x00NCCL version 2.29.3+cuda12.9\x00Mismatched NCCL version\x00"
     assert m.parse_nccl_binary(blob) == ("2.29.3", "12.9")
     assert m.parse_nccl_binary(b"NCCL version %d.%d") == (None, None)
+
+
+def test_versions_in_library_files(tmp_path):
+    """search_binary maps the file: NCCL's and aws-ofi-nccl's version strings, and None for a
+    file without one, an empty file (which cannot be mapped) and a missing one."""
+    files = {
+        "libnccl.so.2": b"\x7fELF\x00NCCL version 2.29.3+cuda12.9\x00",
+        "libnccl-net-ofi.so": b"\x7fELF\x00NET/OFI Initializing aws-ofi-nccl 1.14.2-aws\x00",
+        "libnccl-net.so": b"/build/aws-ofi-nccl-v1.13.0.tar.gz\x00",
+        "plain.so": b"\x7fELF\x00nothing here\x00",
+        "empty.so": b"",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    search = parsers.search_binary
+    assert search(str(tmp_path / "libnccl.so.2"), parsers.NCCL_VERSION) == ("2.29.3", "12.9")
+    ofi = parsers.OFI_NCCL_VERSION
+    assert search(str(tmp_path / "libnccl-net-ofi.so"), ofi) == ("1.14.2-aws",)
+    assert search(str(tmp_path / "libnccl-net.so"), ofi) == ("1.13.0",)
+    for name in ("plain.so", "empty.so", "missing.so"):
+        assert search(str(tmp_path / name), ofi) is None, name
+
+
+def test_library_search_order():
+    """A component's own directories first, then the distribution's, each once."""
+    assert parsers.library_search_dirs() == parsers.LIBRARY_DIRS
+    assert parsers.library_search_dirs("/opt/nccl/lib", "/usr/lib64") == (
+        "/opt/nccl/lib",
+        "/usr/lib64",
+        *(d for d in parsers.LIBRARY_DIRS if d != "/usr/lib64"),
+    )
+    # The union of what the image manifest and the workloads' version report looked in.
+    assert {"/usr/lib", "/usr/local/lib64", "/usr/lib/aarch64-linux-gnu"} <= set(
+        parsers.LIBRARY_DIRS
+    )
+    assert set(parsers.NCCL_LIBRARY_DIRS) == {
+        "/opt/nccl/lib",
+        "/opt/nccl/build/lib",
+        "/usr/local/cuda/lib64",
+    }
+    assert "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu" in parsers.OFI_NCCL_LIBRARY_DIRS
+
+
+def test_package_queries_give_what_their_parsers_read():
+    dpkg_line = (
+        parsers.DPKG_QUERY_FORMAT.replace("${Package}", "libnccl2")
+        .replace("${Version}", "2.29.3-1+cuda12.9")
+        .replace("${db:Status-Abbrev}", "ii ")
+    )
+    assert parsers.parse_dpkg_query(dpkg_line) == {"libnccl2": "2.29.3-1+cuda12.9"}
+    rpm_line = (
+        parsers.RPM_QUERY_FORMAT.replace("%{NAME}", "libnccl")
+        .replace("%{EPOCHNUM}", "0")
+        .replace("%{VERSION}", "2.29.3")
+        .replace("%{RELEASE}", "1+cuda12.9")
+    )
+    assert parsers.parse_rpm_qa(rpm_line) == {"libnccl": "2.29.3-1+cuda12.9"}
 
 
 def test_nccl_version_from_the_header():
@@ -165,6 +224,8 @@ def test_version_from_soname():
     assert m.version_from_soname(path, "libnvidia-ml.so") == "535.261.03"
     assert m.version_from_soname("/opt/gdrcopy/lib/libgdrapi.so.2.5.1", "libgdrapi.so") == "2.5.1"
     assert m.version_from_soname("/usr/lib/libnvidia-ml.so.1", "libnvidia-ml.so") is None
+    assert m.version_from_soname("libnccl.so.2.26.2", "libnccl.so") == "2.26.2"
+    assert m.version_from_soname("libnccl.so.2", "libnccl.so") is None
 
 
 def test_nouveau_blacklist_and_key_values():

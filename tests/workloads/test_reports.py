@@ -129,6 +129,48 @@ def test_versions_on_a_bare_host_says_absent_and_where_it_looked(tmp_path):
     assert report["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
 
 
+def test_versions_finds_aws_ofi_nccl_where_the_efa_installer_puts_it_on_ubuntu(tmp_path):
+    """The directories and the version string are the image manifest's (module_utils/parsers)."""
+    library = "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu/libnccl-net.so"
+    put(tmp_path, library, b"\x7fELF\x00aws-ofi-nccl-v1.13.0\x00")
+    assert versions.aws_ofi_nccl(Host(root=tmp_path)) == {
+        "status": "present",
+        "version": "1.13.0",
+        "source": f"{library} (its embedded package string)",
+    }
+    looked_for = versions.aws_ofi_nccl(Host(root=tmp_path / "empty"))["looked_for"]
+    assert looked_for[0] == (
+        "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu/"
+        "{libnccl-net-ofi.so,libnccl-net.so,libnccl-net-aws-ofi.so}"
+    )
+    assert "/usr/local/lib/{libnccl-net-ofi.so,libnccl-net.so,libnccl-net-aws-ofi.so}" in looked_for
+
+
+def test_versions_reads_nccl_from_the_nccl_roles_wheel_prefix_first(tmp_path):
+    """/opt/nccl/lib (libnccl.so.2 only, from the wheel) before a distribution's libnccl."""
+    put(tmp_path, "/opt/nccl/lib/libnccl.so.2", b"\x7fELF\x00NCCL version 2.27.7+cuda12.9\x00")
+    put(tmp_path, "/usr/lib/x86_64-linux-gnu/libnccl.so.2.21.5", b"")
+    assert versions.nccl_library(Host(root=tmp_path)) == {
+        "status": "present",
+        "version": "2.27.7",
+        "source": "/opt/nccl/lib/libnccl.so.2 (its embedded version string)",
+    }
+
+
+def test_versions_of_packages_count_installed_ones_only(tmp_path):
+    """dpkg's entry of a package removed with its configuration left (rc) is not a version;
+    rpm's is read as the image manifest reads it."""
+    bin_dir = tmp_path / "bin"
+    command(bin_dir, "dpkg-query", "aws-neuronx-tools\t2.26.1.0\trc ")
+    command(bin_dir, "rpm", "aws-neuronx-tools\t0:2.27.3.0-1")
+    host = Host(root=tmp_path / "root", path=str(bin_dir))
+    assert versions.neuron_tools(host) == {
+        "status": "present",
+        "version": "2.27.3.0-1",
+        "source": "rpm -q aws-neuronx-tools",
+    }
+
+
 def test_envreport_finds_efa_devices_by_driver(gpu_node):
     report = envreport.report(gpu_node)
     assert report["efa"] == {

@@ -16,24 +16,34 @@ import re
 import socket
 from typing import Any
 
+# parsers.py is the collection's module_utils/parsers.py (the same file): the image manifest
+# looks in the same places and reads versions the same way.
+from mlcluster_workloads.parsers import (
+    CUDA_HOME,
+    DPKG_QUERY_FORMAT,
+    EFA_BIN_DIR,
+    EFA_INSTALLED_PACKAGES,
+    NCCL_LIBRARY,
+    NCCL_LIBRARY_DIRS,
+    NCCL_VERSION,
+    OFI_NCCL_LIBRARIES,
+    OFI_NCCL_LIBRARY_DIRS,
+    OFI_NCCL_VERSION,
+    PROC_DRIVER_VERSION,
+    RPM_QUERY_FORMAT,
+    library_search_dirs,
+    parse_cuda_version_json,
+    parse_dpkg_query,
+    parse_efa_installed_packages,
+    parse_fi_info_version,
+    parse_nvcc_version,
+    parse_proc_driver_version,
+    parse_rpm_qa,
+    search_binary,
+    version_from_soname,
+)
 from mlcluster_workloads.probe import Host, absent, distribution_version, present
 
-LIBRARY_DIRS = (
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/usr/local/lib",
-    "/usr/local/cuda/lib64",
-    "/opt/nccl/build/lib",
-    "/opt/nccl/lib",
-)
-OFI_NCCL_LIBRARIES = (
-    "/opt/amazon/ofi-nccl/lib/libnccl-net-ofi.so",
-    "/opt/amazon/ofi-nccl/lib/libnccl-net.so",
-    "/opt/amazon/ofi-nccl/lib64/libnccl-net.so",
-    "/opt/aws-ofi-nccl/lib/libnccl-net.so",
-    "/usr/local/lib/libnccl-net.so",
-)
 NCCL_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")
 NEURON_WHEELS = ("neuronx-cc", "torch-neuronx", "libneuronxla", "neuronx-distributed")
 
@@ -47,37 +57,32 @@ def kernel_module(host: Host, module: str) -> dict[str, Any]:
 
 
 def package_manager_version(host: Host, package: str) -> tuple[str, str] | None:
-    text = host.run("dpkg-query", "-W", "-f=${Version}", package)
-    if text and text.strip():
-        return text.strip(), f"dpkg-query -W {package}"
-    text = host.run("rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", package)
-    if text and text.strip() and "not installed" not in text:
-        return text.strip(), f"rpm -q {package}"
+    installed = parse_dpkg_query(
+        host.run("dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT, package) or ""
+    )
+    if package in installed:
+        return installed[package], f"dpkg-query -W {package}"
+    installed = parse_rpm_qa(host.run("rpm", "-q", "--qf", RPM_QUERY_FORMAT, package) or "")
+    if package in installed:
+        return installed[package], f"rpm -q {package}"
     return None
 
 
 def nvidia_driver(host: Host) -> dict[str, Any]:
-    path = "/proc/driver/nvidia/version"
-    text = host.read(path)
-    if text and (match := re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)):
-        return present(match.group(1), path)
+    if version := parse_proc_driver_version(host.read(PROC_DRIVER_VERSION) or ""):
+        return present(version, PROC_DRIVER_VERSION)
     smi = host.run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
     if smi and smi.strip():
         return present(smi.splitlines()[0].strip(), "nvidia-smi --query-gpu=driver_version")
-    return absent(path, "nvidia-smi on PATH")
+    return absent(PROC_DRIVER_VERSION, "nvidia-smi on PATH")
 
 
 def cuda_toolkit(host: Host) -> dict[str, Any]:
-    path = "/usr/local/cuda/version.json"
-    text = host.read(path)
-    if text:
-        try:
-            return present(json.loads(text)["cuda"]["version"], path)
-        except (ValueError, KeyError, TypeError):
-            pass
-    nvcc = host.run("nvcc", "--version")
-    if nvcc and (match := re.search(r"release [\d.]+, V(\S+)", nvcc)):
-        return present(match.group(1), "nvcc --version")
+    path = f"{CUDA_HOME}/version.json"
+    if version := parse_cuda_version_json(host.read(path) or ""):
+        return present(version, path)
+    if version := parse_nvcc_version(host.run("nvcc", "--version") or ""):
+        return present(version, "nvcc --version")
     return absent(path, "nvcc on PATH")
 
 
@@ -108,50 +113,54 @@ def torch_nccl() -> dict[str, Any]:
 
 
 def nccl_library(host: Host) -> dict[str, Any]:
-    for directory in LIBRARY_DIRS:
+    directories = library_search_dirs(*NCCL_LIBRARY_DIRS)
+    for directory in directories:
         versioned = [
-            match.group(1)
+            version
             for path in host.glob(f"{directory}/libnccl.so.*")
-            if (match := re.fullmatch(r"libnccl\.so\.(\d+\.\d+\.\d+)", path.name))
+            if (version := version_from_soname(path.name, "libnccl.so"))
         ]
         if versioned:
             return present(max(versioned, key=_version_key), f"{directory}/libnccl.so.*")
+        # The nccl role's wheel prefix holds libnccl.so.2 alone: the version is compiled in.
+        library = host.file(f"{directory}/{NCCL_LIBRARY}")
+        if library.is_file() and (found := search_binary(str(library), NCCL_VERSION)):
+            return present(found[0], f"{directory}/{NCCL_LIBRARY} (its embedded version string)")
     for wheel in NCCL_WHEELS:
         if version := distribution_version(wheel):
             return present(version, f"pip distribution {wheel}")
     return absent(
-        *(f"{directory}/libnccl.so.X.Y.Z" for directory in LIBRARY_DIRS),
+        *(f"{directory}/libnccl.so.{{X.Y.Z,2}}" for directory in directories),
         *(f"pip distribution {wheel}" for wheel in NCCL_WHEELS),
     )
 
 
 def efa_installer(host: Host) -> dict[str, Any]:
-    path = "/opt/amazon/efa_installed_packages"
-    text = host.read(path)
+    text = host.read(EFA_INSTALLED_PACKAGES)
     if text is None:
-        return absent(path)
-    match = re.search(r"EFA installer version:\s*(\S+)", text)
-    return present(match.group(1) if match else "unknown", path)
+        return absent(EFA_INSTALLED_PACKAGES)
+    return present(parse_efa_installed_packages(text) or "unknown", EFA_INSTALLED_PACKAGES)
 
 
 def libfabric(host: Host) -> dict[str, Any]:
-    for command in ("fi_info", "/opt/amazon/efa/bin/fi_info"):
+    for command in ("fi_info", f"{EFA_BIN_DIR}/fi_info"):
         if command.startswith("/"):
             command = str(host.file(command))
-        text = host.run(command, "--version")
-        if text and (match := re.search(r"^libfabric:\s*(\S+)", text, re.MULTILINE)):
-            return present(match.group(1), f"{command} --version")
-    return absent("fi_info --version (PATH)", "/opt/amazon/efa/bin/fi_info --version")
+        if version := parse_fi_info_version(host.run(command, "--version") or ""):
+            return present(version, f"{command} --version")
+    return absent("fi_info --version (PATH)", f"{EFA_BIN_DIR}/fi_info --version")
 
 
 def aws_ofi_nccl(host: Host) -> dict[str, Any]:
-    for library in OFI_NCCL_LIBRARIES:
-        path = host.file(library)
-        if path.is_file():
-            match = re.search(rb"aws-ofi-nccl (\d+\.\d+\.\d+[0-9A-Za-z.\-]*)", path.read_bytes())
-            version = match.group(1).decode() if match else "unknown"
-            return present(version, f"{library} (its embedded package string)")
-    return absent(*OFI_NCCL_LIBRARIES)
+    directories = library_search_dirs(*OFI_NCCL_LIBRARY_DIRS)
+    for name in OFI_NCCL_LIBRARIES:
+        for directory in directories:
+            library = host.file(f"{directory}/{name}")
+            if library.is_file():
+                found = search_binary(str(library), OFI_NCCL_VERSION)
+                version = found[0] if found else "unknown"
+                return present(version, f"{directory}/{name} (its embedded package string)")
+    return absent(*(f"{directory}/{{{','.join(OFI_NCCL_LIBRARIES)}}}" for directory in directories))
 
 
 def neuron_tools(host: Host) -> dict[str, Any]:

@@ -1,20 +1,89 @@
-"""Parsers of command output and file content about a node's accelerator software.
+"""Where a node's accelerator software is looked for, and parsers of command output and file
+content about it.
 
-Pure functions (no system access), shared by the collection's modules (image_manifest,
-node_facts) and unit-tested on their own.
+Shared by the collection's modules (image_manifest, node_facts) and by the workloads package,
+whose ``mlcluster_workloads/parsers.py`` is this very file (a symlink; its wheel carries the
+content), so that the bake's image manifest and the training jobs' version report look in the
+same places and read versions the same way. Standard library only, and no system access except
+``search_binary``, which reads a file.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import mmap
 import os
 import re
 
+# ---------------------------------------------------------------------------------------------
+# Where things are
+# ---------------------------------------------------------------------------------------------
+
+# Shared libraries of the distribution (Debian/Ubuntu multiarch, Amazon Linux/RHEL) and of
+# local installs.
+LIBRARY_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+)
+# libnccl outside LIBRARY_DIRS: the nccl role's prefix (lib/ links into the unpacked wheel, which
+# holds libnccl.so.2 only), a source build's tree, a CUDA toolkit that NCCL was unpacked into.
+NCCL_LIBRARY_DIRS = ("/opt/nccl/lib", "/opt/nccl/build/lib", "/usr/local/cuda/lib64")
+NCCL_LIBRARY = "libnccl.so.2"
+# The aws-ofi-nccl plugin: the EFA installer's (lib/<arch>-linux-gnu on Ubuntu, lib64 on Amazon
+# Linux: roles/aws_ofi_nccl/vars; lib) and the aws_ofi_nccl role's source build prefix.
+OFI_NCCL_LIBRARY_DIRS = (
+    "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu",
+    "/opt/amazon/ofi-nccl/lib/aarch64-linux-gnu",
+    "/opt/amazon/ofi-nccl/lib64",
+    "/opt/amazon/ofi-nccl/lib",
+    "/opt/aws-ofi-nccl/lib",
+)
+# libnccl-net.so is the name NCCL loads with NCCL_NET_PLUGIN unset; the others are the plugin's.
+OFI_NCCL_LIBRARIES = ("libnccl-net-ofi.so", "libnccl-net.so", "libnccl-net-aws-ofi.so")
+# The package string compiled into the plugin ('aws-ofi-nccl 1.14.2-aws').
+OFI_NCCL_VERSION = re.compile(rb"aws-ofi-nccl[ -]v?(\d+\.\d+\.\d+(?:[-+~][0-9A-Za-z]+)*)")
+CUDA_HOME = "/usr/local/cuda"
+PROC_DRIVER_VERSION = "/proc/driver/nvidia/version"
+EFA_INSTALLED_PACKAGES = "/opt/amazon/efa_installed_packages"
+EFA_BIN_DIR = "/opt/amazon/efa/bin"
+# The package database queries that parse_dpkg_query and parse_rpm_qa read: the whole database,
+# or the packages named after the format.
+DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
+RPM_QUERY_FORMAT = "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"
+
+
+def library_search_dirs(*component_dirs: str) -> tuple[str, ...]:
+    """Where a component's library is looked for, in order: its own directories, then
+    LIBRARY_DIRS (what its role installed wins over a distribution's copy elsewhere)."""
+    return (*component_dirs, *(d for d in LIBRARY_DIRS if d not in component_dirs))
+
+
+def search_binary(path: str, pattern: re.Pattern) -> tuple[str, ...] | None:
+    """Groups of the first match of a bytes ``pattern`` in a file, mapped rather than read
+    (libnccl is hundreds of MB); None when there is no match or the file cannot be read."""
+    try:
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            match = pattern.search(data)
+            return tuple(group.decode() for group in match.groups()) if match else None
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsers
+# ---------------------------------------------------------------------------------------------
+
 
 def parse_dpkg_query(text: str) -> dict[str, str]:
-    """Installed packages {name: version} from
-    ``dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'``."""
+    """Installed packages {name: version} from ``dpkg-query -W -f DPKG_QUERY_FORMAT``."""
     packages = {}
     for line in text.splitlines():
         parts = line.split("\t")
@@ -24,7 +93,7 @@ def parse_dpkg_query(text: str) -> dict[str, str]:
 
 
 def parse_rpm_qa(text: str) -> dict[str, str]:
-    """``rpm -qa --qf '%{NAME}\\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\\n'`` -> {name: version}."""
+    """``rpm -qa --qf RPM_QUERY_FORMAT`` -> {name: version} (a zero epoch dropped)."""
     packages = {}
     for line in text.splitlines():
         parts = line.split("\t")
@@ -71,7 +140,9 @@ def parse_cuda_version_json(text: str) -> str | None:
         data = json.loads(text)
     except ValueError:
         return None
-    return (data.get("cuda") or {}).get("version")
+    cuda = data.get("cuda") if isinstance(data, dict) else None
+    version = cuda.get("version") if isinstance(cuda, dict) else None
+    return version if isinstance(version, str) else None
 
 
 NCCL_VERSION = re.compile(rb"NCCL version (\d+\.\d+\.\d+)[^+\x00]*\+cuda(\d+\.\d+)")

@@ -129,7 +129,6 @@ mismatches:
 import fnmatch  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
-import mmap  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -142,8 +141,20 @@ from ansible_collections.mlcluster.core.plugins.module_utils.node import (  # no
     probe_hardware,
 )
 from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  # noqa: E402
+    CUDA_HOME,
+    DPKG_QUERY_FORMAT,
+    EFA_BIN_DIR,
+    EFA_INSTALLED_PACKAGES,
+    NCCL_LIBRARY,
+    NCCL_LIBRARY_DIRS,
     NCCL_VERSION,
+    OFI_NCCL_LIBRARIES,
+    OFI_NCCL_LIBRARY_DIRS,
+    OFI_NCCL_VERSION,
+    PROC_DRIVER_VERSION,
+    RPM_QUERY_FORMAT,
     compare_claim,
+    library_search_dirs,
     nouveau_blacklisted,
     package_version_ok,  # noqa: F401  # re-exported: tests and callers read the parsers here
     parse_cuda_version_json,
@@ -159,6 +170,7 @@ from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  #
     parse_nvcc_version,
     parse_proc_driver_version,
     parse_rpm_qa,
+    search_binary,
     split_package_spec,  # noqa: F401  # re-exported: tests and callers read the parsers here
     strip_epoch,
     version_from_soname,
@@ -181,14 +193,6 @@ COMPONENTS = [
     "eks_node",
 ]
 
-LIB_DIRS = [
-    "/usr/lib/x86_64-linux-gnu",
-    "/usr/lib/aarch64-linux-gnu",
-    "/usr/lib64",
-    "/usr/lib",
-    "/usr/local/lib",
-    "/usr/local/lib64",
-]
 MODPROBE_DIRS = ["/etc/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d", "/run/modprobe.d"]
 
 # ---------------------------------------------------------------------------------------------
@@ -220,30 +224,13 @@ class Node:
         except OSError:
             return None
 
-    @staticmethod
-    def search_binary(path: str, pattern: re.Pattern) -> tuple[str, ...] | None:
-        """Groups of the first match of a bytes ``pattern`` in a (possibly large) file."""
-        try:
-            with (
-                open(path, "rb") as handle,
-                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
-            ):
-                match = pattern.search(data)
-                return tuple(group.decode() for group in match.groups()) if match else None
-        except (OSError, ValueError):
-            return None
-
     def packages(self) -> dict[str, str]:
         if self._packages is None:
-            out = self.run(
-                ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"]
-            )
+            out = self.run(["dpkg-query", "-W", "-f", DPKG_QUERY_FORMAT])
             if out is not None:
                 self._packages = parse_dpkg_query(out)
             else:
-                out = self.run(
-                    ["rpm", "-qa", "--qf", "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"]
-                )
+                out = self.run(["rpm", "-qa", "--qf", RPM_QUERY_FORMAT])
                 self._packages = parse_rpm_qa(out or "")
         return self._packages
 
@@ -267,7 +254,7 @@ class Node:
     def find_library(
         self, component: str, names: list[str], extra_dirs: tuple[str, ...] = ()
     ) -> str | None:
-        dirs = [*self.search_paths.get(component, []), *extra_dirs, *LIB_DIRS]
+        dirs = [*self.search_paths.get(component, []), *library_search_dirs(*extra_dirs)]
         for name in names:
             for directory in dirs:
                 path = os.path.join(directory, name)
@@ -298,7 +285,7 @@ def probe_nvidia_driver(node: Node) -> dict:
     lib = node.find_library("nvidia_driver", ["libnvidia-ml.so.1"])
     real = os.path.realpath(lib) if lib else None
     version = version_from_soname(real, "libnvidia-ml.so") if real else None
-    loaded = parse_proc_driver_version(node.read("/proc/driver/nvidia/version") or "")
+    loaded = parse_proc_driver_version(node.read(PROC_DRIVER_VERSION) or "")
     dkms = [
         e for e in parse_dkms_status(node.run(["dkms", "status"]) or "") if "nvidia" in e["module"]
     ]
@@ -335,8 +322,8 @@ def probe_nvidia_driver(node: Node) -> dict:
 def probe_cuda_toolkit(node: Node) -> dict:
     homes = [
         *node.search_paths.get("cuda_toolkit", []),
-        "/usr/local/cuda",
-        *sorted(glob.glob("/usr/local/cuda-*"), reverse=True),
+        CUDA_HOME,
+        *sorted(glob.glob(f"{CUDA_HOME}-*"), reverse=True),
     ]
     for home in homes:
         nvcc = os.path.join(home, "bin", "nvcc")
@@ -362,11 +349,11 @@ def probe_cuda_toolkit(node: Node) -> dict:
 
 
 def probe_nccl(node: Node) -> dict:
-    lib = node.find_library("nccl", ["libnccl.so.2"], ("/opt/nccl/lib",))
+    lib = node.find_library("nccl", [NCCL_LIBRARY], NCCL_LIBRARY_DIRS)
     if not lib:
         return {"present": False, "version": None}
     real = os.path.realpath(lib)
-    version, cuda = node.search_binary(real, NCCL_VERSION) or (None, None)
+    version, cuda = search_binary(real, NCCL_VERSION) or (None, None)
     tests = node.find_executable("nccl", "all_reduce_perf", ("/opt/nccl-tests/bin",))
     return {
         "present": True,
@@ -379,8 +366,8 @@ def probe_nccl(node: Node) -> dict:
 
 
 def probe_efa(node: Node) -> dict:
-    installer = parse_efa_installed_packages(node.read("/opt/amazon/efa_installed_packages") or "")
-    fi_info = node.find_executable("efa", "fi_info", ("/opt/amazon/efa/bin",))
+    installer = parse_efa_installed_packages(node.read(EFA_INSTALLED_PACKAGES) or "")
+    fi_info = node.find_executable("efa", "fi_info", (EFA_BIN_DIR,))
     libfabric = parse_fi_info_version(node.run([fi_info, "--version"]) or "") if fi_info else None
     providers = parse_fi_info_providers(node.run([fi_info, "-l"]) or "") if fi_info else []
     return {
@@ -396,21 +383,11 @@ def probe_efa(node: Node) -> dict:
 
 
 def probe_aws_ofi_nccl(node: Node) -> dict:
-    names = ["libnccl-net-ofi.so", "libnccl-net.so", "libnccl-net-aws-ofi.so"]
-    dirs = (
-        "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu",
-        "/opt/amazon/ofi-nccl/lib/aarch64-linux-gnu",
-        "/opt/amazon/ofi-nccl/lib64",
-        "/opt/amazon/ofi-nccl/lib",
-        "/opt/aws-ofi-nccl/lib",
-    )
-    lib = node.find_library("aws_ofi_nccl", names, dirs)
+    lib = node.find_library("aws_ofi_nccl", list(OFI_NCCL_LIBRARIES), OFI_NCCL_LIBRARY_DIRS)
     packages = node.packages_matching("libnccl-ofi*", "aws-ofi-nccl*")
     version = strip_epoch(next(iter(packages.values()), None))
     if version is None and lib:
-        found = node.search_binary(
-            os.path.realpath(lib), re.compile(rb"aws-ofi-nccl[ -]v?(\d+\.\d+\.\d+)")
-        )
+        found = search_binary(os.path.realpath(lib), OFI_NCCL_VERSION)
         version = found[0] if found else None
     return {"present": lib is not None, "version": version, "library": lib, "packages": packages}
 

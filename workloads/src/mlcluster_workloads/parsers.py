@@ -1,0 +1,1 @@
+../../../collections/ansible_collections/mlcluster/core/plugins/module_utils/parsers.py
