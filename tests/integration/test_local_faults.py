@@ -2,7 +2,7 @@
 with another SSH host key is refused, a compute node stopped before a deploy leaves the others
 configured and working (exit code 3 names it) and the rerun with the node back converges with
 nothing else changed, a job survives a restart of slurmctld, and a compute node killed during a
-2-node ddp job costs the job its steps since the last checkpoint, nothing more.
+2-node ddp or fsdp job costs the job its steps since the last checkpoint, nothing more.
 
 Runs after the deploy tests (file order) on the deployed cluster and leaves it as it found it:
 every node up, Slurm idle.
@@ -160,15 +160,20 @@ def test_a_running_job_survives_a_slurmctld_restart(cluster, deploys):
     cluster.ssh("controller", f"rm -f /fsx/ctld-restart-{job}.out")
 
 
-# A ddp run long enough to be killed part-way (about 10 steps a second on the local nodes):
+# Runs long enough to be killed part-way (ddp: about 10 steps a second on the local nodes),
 # the same seed and global batch for the run that is killed and the one that is not.
-KILLED_DDP = ["--steps", "300", "--hidden", "512", "--depth", "4", "--checkpoint-every", "10"]
+STEPS = 300
+KILLED_RUNS = {
+    "ddp": ["--hidden", "512", "--depth", "4"],
+    "fsdp": ["--config", "tiny", "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3"],
+}
 
 
-def _ddp_run(cluster: Cluster, report, wait: bool = True):
+def _run(cluster: Cluster, case: str, report, wait: bool = True):
+    args = [*KILLED_RUNS[case], "--steps", str(STEPS), "--checkpoint-every", "10"]
     argv = [
-        sys.executable, "-m", "mlcluster.cli", "run", "ddp", "-i", str(cluster.inventory),
-        "--nodes", "2", "--timeout", "15", "--report", str(report), "--", *KILLED_DDP,
+        sys.executable, "-m", "mlcluster.cli", "run", case, "-i", str(cluster.inventory),
+        "--nodes", "2", "--timeout", "15", "--report", str(report), "--", *args,
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
@@ -188,19 +193,21 @@ def _complete_checkpoints(cluster: Cluster, job_name: str) -> list[int]:
     return sorted(int(name.removeprefix("step-")) for name in listing)
 
 
-def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys, tmp_path):
-    """compute2 killed (`podman kill`: no chance to save) during a 2-node ddp job that has saved
-    at least step 20: slurmctld sets it DOWN after SlurmdTimeout, the job ends NODE_FAIL and is
-    requeued; with the node back it runs again, resumes from the newest complete checkpoint and
-    ends with every step's loss, the step count and the final loss of an uninterrupted run of the
-    same seed, bit for bit. `mlcluster run` follows it through the requeue and exits 0."""
-    expected = _ddp_run(cluster, tmp_path / "uninterrupted.json")
+@pytest.mark.parametrize("case", ["ddp", "fsdp"])
+def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys, tmp_path, case):
+    """compute2 killed (`podman kill`: no chance to save) during a 2-node ddp or fsdp job that
+    has saved at least step 20: slurmctld sets it DOWN after SlurmdTimeout, the job ends
+    NODE_FAIL and is requeued; with the node back it runs again, resumes from the newest complete
+    checkpoint and ends with every step's loss, the step count and the final loss of an
+    uninterrupted run of the same seed, bit for bit. `mlcluster run` follows it through the
+    requeue and exits 0."""
+    expected = _run(cluster, case, tmp_path / "uninterrupted.json")
     assert expected["requeues"] == 0 and expected["summary"]["resumed_from_step"] is None
     losses = {s["step"]: s["loss"] for s in expected["steps"]}
-    assert sorted(losses) == list(range(1, 301))
+    assert sorted(losses) == list(range(1, STEPS + 1))
 
     report = tmp_path / "killed.json"
-    follow = _ddp_run(cluster, report, wait=False)
+    follow = _run(cluster, case, report, wait=False)
     container = f"{cluster.name}-compute2"
     try:
         job = wait_for_job(cluster)
@@ -237,7 +244,7 @@ def test_a_node_killed_mid_training_resumes_from_its_checkpoint(cluster, deploys
     # The second attempt ran every later step once, each as the uninterrupted run did.
     restart = max(i for i, s in enumerate(data["steps"]) if s["step"] == resumed_from + 1)
     second = data["steps"][restart:]
-    assert [s["step"] for s in second] == list(range(resumed_from + 1, 301))
+    assert [s["step"] for s in second] == list(range(resumed_from + 1, STEPS + 1))
     assert {s["step"]: s["loss"] for s in data["steps"]} == losses
     # Its summary covers the steps it ran: from the checkpoint to the same last step and loss.
     assert (summary["first_step"], summary["last_step"], summary["final_loss"]) == (
