@@ -146,6 +146,84 @@ def test_versions_finds_aws_ofi_nccl_where_the_efa_installer_puts_it_on_ubuntu(t
     assert "/usr/local/lib/{libnccl-net-ofi.so,libnccl-net.so,libnccl-net-aws-ofi.so}" in looked_for
 
 
+def test_versions_reads_cuda_from_the_newest_versioned_home(tmp_path):
+    """The image manifest's CUDA homes (parsers.cuda_homes): without /usr/local/cuda, the
+    newest /usr/local/cuda-X.Y by number, read from its nvcc where it has no version.json."""
+    root = tmp_path / "root"
+    for release, build in (("12.9", "12.9.86"), ("12.10", "12.10.41"), ("9.2", "9.2.148")):
+        nvcc_dir = root / f"usr/local/cuda-{release}/bin"
+        nvcc_dir.mkdir(parents=True)
+        command(nvcc_dir, "nvcc", f"Cuda compilation tools, release {release}, V{build}")
+    host = Host(root=root, path=str(tmp_path / "no-bin"))
+    assert versions.cuda_toolkit(host) == {
+        "status": "present",
+        "version": "12.10.41",
+        "source": "/usr/local/cuda-12.10/bin/nvcc --version",
+    }
+    put(root, "/usr/local/cuda-12.10/version.json", json.dumps({"cuda": {"version": "12.10.0"}}))
+    assert versions.cuda_toolkit(host)["source"] == "/usr/local/cuda-12.10/version.json"
+    assert versions.cuda_toolkit(Host(root=tmp_path / "empty", path=str(tmp_path / "no-bin"))) == {
+        "status": "absent",
+        "looked_for": ["/usr/local/cuda/{version.json,bin/nvcc}", "nvcc on PATH"],
+    }
+
+
+def test_versions_prefers_the_efa_installers_fi_info(tmp_path):
+    """/opt/amazon/efa/bin/fi_info (the libfabric NCCL loads) before a distribution's on PATH."""
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    (root / "opt/amazon/efa/bin").mkdir(parents=True)
+    command(
+        root / "opt/amazon/efa/bin", "fi_info", "fi_info: 2.1.0amzn3.0\nlibfabric: 2.1.0amzn3.0"
+    )
+    command(bin_dir, "fi_info", "fi_info: 1.17.0\nlibfabric: 1.17.0")
+    assert versions.libfabric(Host(root=root, path=str(bin_dir))) == {
+        "status": "present",
+        "version": "2.1.0amzn3.0",
+        "source": f"{root}/opt/amazon/efa/bin/fi_info --version",
+    }
+    assert versions.libfabric(Host(root=tmp_path / "empty", path=str(bin_dir))) == {
+        "status": "present",
+        "version": "1.17.0",
+        "source": f"{bin_dir}/fi_info --version",
+    }
+    assert versions.libfabric(Host(root=tmp_path / "empty", path=str(tmp_path / "no-bin"))) == {
+        "status": "absent",
+        "looked_for": ["/opt/amazon/efa/bin/fi_info --version", "fi_info --version (PATH)"],
+    }
+
+
+def test_versions_falls_back_to_the_linker_cache(tmp_path):
+    """Libraries outside the searched directories, found through ``ldconfig -p`` as the image
+    manifest finds them."""
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    command(
+        bin_dir,
+        "ldconfig",
+        "3 libs found in cache `/etc/ld.so.cache'\n"
+        "\tlibnccl.so.2 (libc6,x86-64) => /opt/site/lib/libnccl.so.2\n"
+        "\tlibnccl-net.so (libc6,x86-64) => /opt/site/lib/libnccl-net.so\n"
+        "\tlibgone.so.1 (libc6,x86-64) => /opt/site/lib/libgone.so.1",
+    )
+    put(root, "/opt/site/lib/libnccl.so.2", b"\x7fELF\x00NCCL version 2.27.7+cuda12.9\x00")
+    put(root, "/opt/site/lib/libnccl-net.so", b"\x7fELF\x00aws-ofi-nccl 1.14.2-aws\x00")
+    host = Host(root=root, path=str(bin_dir))
+    assert versions.nccl_library(host) == {
+        "status": "present",
+        "version": "2.27.7",
+        "source": "/opt/site/lib/libnccl.so.2 (ldconfig -p; its embedded version string)",
+    }
+    assert versions.aws_ofi_nccl(host) == {
+        "status": "present",
+        "version": "1.14.2-aws",
+        "source": "/opt/site/lib/libnccl-net.so (its embedded package string)",
+    }
+    # The cache's paths are read under the host's root: an entry whose file is gone is not used.
+    looked_for = versions.aws_ofi_nccl(Host(root=tmp_path / "empty", path=str(bin_dir)))
+    assert looked_for["looked_for"][-1] == (
+        "ldconfig -p {libnccl-net-ofi.so,libnccl-net.so,libnccl-net-aws-ofi.so}"
+    )
+
+
 def test_versions_reads_nccl_from_the_nccl_roles_wheel_prefix_first(tmp_path):
     """/opt/nccl/lib (libnccl.so.2 only, from the wheel) before a distribution's libnccl."""
     put(tmp_path, "/opt/nccl/lib/libnccl.so.2", b"\x7fELF\x00NCCL version 2.27.7+cuda12.9\x00")

@@ -17,6 +17,7 @@ import platform
 import socket
 from typing import Any
 
+from mlcluster_workloads.parsers import fi_info_candidates
 from mlcluster_workloads.probe import Host, absent, distribution_version, present
 from mlcluster_workloads.versions import torch_nccl
 
@@ -81,7 +82,8 @@ def efa_report(host: Host) -> dict[str, Any]:
     ]
     if not devices:
         return absent("/sys/class/infiniband/*/device/driver -> efa")
-    provider = host.run("fi_info", "-p", "efa", "-t", "FI_EP_RDM")
+    fi_info = next(iter(fi_info_candidates(host.which)), None)
+    provider = host.run(fi_info, "-p", "efa", "-t", "FI_EP_RDM") if fi_info else None
     return present(
         len(devices),
         "/sys/class/infiniband/*/device/driver -> efa",

@@ -3,7 +3,8 @@
 Every report field is either ``{"status": "present", "version": ..., "source": ...}`` or
 ``{"status": "absent", "looked_for": [...]}``, so a missing component says how it was searched
 for instead of vanishing from the report. ``Host(root=...)`` reads files under another root and
-``Host(path=...)`` finds commands on another PATH; the tests use both.
+``Host(path=...)`` finds commands on another PATH; the tests use both. ``which`` and ``glob``
+give paths on this machine (under the root), to pass to ``run`` as they are.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Host:
         return sorted(self.root.glob(pattern.lstrip("/")))
 
     def which(self, command: str) -> str | None:
+        """The executable to run: a command name looked up on PATH, or a path on this host
+        (under root) that is one."""
+        if "/" in command:
+            return shutil.which(str(self.file(command)))
         return shutil.which(command, path=self.path)
 
     def run(self, *argv: str, timeout: float = 20.0) -> str | None:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import socket
 from typing import Any
 
 # parsers.py is the collection's module_utils/parsers.py (the same file): the image manifest
-# looks in the same places and reads versions the same way.
+# looks in the same places, in the same order, and reads versions the same way.
 from mlcluster_workloads.parsers import (
-    CUDA_HOME,
+    CUDA_NVCC,
+    CUDA_VERSION_FILE,
     DPKG_QUERY_FORMAT,
-    EFA_BIN_DIR,
     EFA_INSTALLED_PACKAGES,
+    FI_INFO_COMMANDS,
     NCCL_LIBRARY,
     NCCL_LIBRARY_DIRS,
     NCCL_VERSION,
@@ -31,16 +31,23 @@ from mlcluster_workloads.parsers import (
     OFI_NCCL_VERSION,
     PROC_DRIVER_VERSION,
     RPM_QUERY_FORMAT,
+    cuda_homes,
+    cuda_toolkit_version,
+    fi_info_candidates,
+    kernel_module_version,
+    kernel_module_version_path,
+    ldconfig_candidates,
+    library_candidates,
     library_search_dirs,
-    parse_cuda_version_json,
     parse_dpkg_query,
     parse_efa_installed_packages,
     parse_fi_info_version,
-    parse_nvcc_version,
+    parse_ldconfig,
     parse_proc_driver_version,
     parse_rpm_qa,
     search_binary,
     version_from_soname,
+    version_key,
 )
 from mlcluster_workloads.probe import Host, absent, distribution_version, present
 
@@ -49,11 +56,16 @@ NEURON_WHEELS = ("neuronx-cc", "torch-neuronx", "libneuronxla", "neuronx-distrib
 
 
 def kernel_module(host: Host, module: str) -> dict[str, Any]:
-    path = f"/sys/module/{module}/version"
-    text = host.read(path)
-    if text and text.strip():
-        return present(text.strip(), path)
+    path = kernel_module_version_path(module)
+    if version := kernel_module_version(host.read, module):
+        return present(version, path)
     return absent(path)
+
+
+def linker_cache(host: Host) -> dict[str, str]:
+    """{soname: path} of ``ldconfig -p``, as the image manifest reads it; empty without one."""
+    outputs = (host.run(command, "-p") for command in ldconfig_candidates(host.which))
+    return parse_ldconfig(next((out for out in outputs if out), ""))
 
 
 def package_manager_version(host: Host, package: str) -> tuple[str, str] | None:
@@ -78,12 +90,21 @@ def nvidia_driver(host: Host) -> dict[str, Any]:
 
 
 def cuda_toolkit(host: Host) -> dict[str, Any]:
-    path = f"{CUDA_HOME}/version.json"
-    if version := parse_cuda_version_json(host.read(path) or ""):
-        return present(version, path)
-    if version := parse_nvcc_version(host.run("nvcc", "--version") or ""):
-        return present(version, "nvcc --version")
-    return absent(path, "nvcc on PATH")
+    homes = cuda_homes(
+        lambda pattern: [f"/{path.relative_to(host.root)}" for path in host.glob(pattern)]
+    )
+    for home in homes:
+        nvcc = str(host.file(f"{home}/{CUDA_NVCC}"))
+        found = cuda_toolkit_version(
+            host.read(f"{home}/{CUDA_VERSION_FILE}"), host.run(nvcc, "--version")
+        )
+        if found:
+            return present(found[0], f"{home}/{found[1]}")
+    if found := cuda_toolkit_version(None, host.run("nvcc", "--version")):
+        return present(found[0], "nvcc --version")
+    return absent(
+        *(f"{home}/{{{CUDA_VERSION_FILE},{CUDA_NVCC}}}" for home in homes), "nvcc on PATH"
+    )
 
 
 def torch_cuda() -> dict[str, Any]:
@@ -121,16 +142,20 @@ def nccl_library(host: Host) -> dict[str, Any]:
             if (version := version_from_soname(path.name, "libnccl.so"))
         ]
         if versioned:
-            return present(max(versioned, key=_version_key), f"{directory}/libnccl.so.*")
+            return present(max(versioned, key=version_key), f"{directory}/libnccl.so.*")
         # The nccl role's wheel prefix holds libnccl.so.2 alone: the version is compiled in.
         library = host.file(f"{directory}/{NCCL_LIBRARY}")
         if library.is_file() and (found := search_binary(str(library), NCCL_VERSION)):
             return present(found[0], f"{directory}/{NCCL_LIBRARY} (its embedded version string)")
+    cached = linker_cache(host).get(NCCL_LIBRARY)
+    if cached and (found := search_binary(str(host.file(cached)), NCCL_VERSION)):
+        return present(found[0], f"{cached} (ldconfig -p; its embedded version string)")
     for wheel in NCCL_WHEELS:
         if version := distribution_version(wheel):
             return present(version, f"pip distribution {wheel}")
     return absent(
         *(f"{directory}/libnccl.so.{{X.Y.Z,2}}" for directory in directories),
+        f"ldconfig -p {NCCL_LIBRARY}",
         *(f"pip distribution {wheel}" for wheel in NCCL_WHEELS),
     )
 
@@ -143,24 +168,26 @@ def efa_installer(host: Host) -> dict[str, Any]:
 
 
 def libfabric(host: Host) -> dict[str, Any]:
-    for command in ("fi_info", f"{EFA_BIN_DIR}/fi_info"):
-        if command.startswith("/"):
-            command = str(host.file(command))
+    for command in fi_info_candidates(host.which):
         if version := parse_fi_info_version(host.run(command, "--version") or ""):
             return present(version, f"{command} --version")
-    return absent("fi_info --version (PATH)", f"{EFA_BIN_DIR}/fi_info --version")
+    return absent(
+        *(f"{c} --version" if "/" in c else f"{c} --version (PATH)" for c in FI_INFO_COMMANDS)
+    )
 
 
 def aws_ofi_nccl(host: Host) -> dict[str, Any]:
     directories = library_search_dirs(*OFI_NCCL_LIBRARY_DIRS)
-    for name in OFI_NCCL_LIBRARIES:
-        for directory in directories:
-            library = host.file(f"{directory}/{name}")
-            if library.is_file():
-                found = search_binary(str(library), OFI_NCCL_VERSION)
-                version = found[0] if found else "unknown"
-                return present(version, f"{directory}/{name} (its embedded package string)")
-    return absent(*(f"{directory}/{{{','.join(OFI_NCCL_LIBRARIES)}}}" for directory in directories))
+    for path in library_candidates(OFI_NCCL_LIBRARIES, directories, lambda: linker_cache(host)):
+        library = host.file(path)
+        if library.is_file():
+            found = search_binary(str(library), OFI_NCCL_VERSION)
+            version = found[0] if found else "unknown"
+            return present(version, f"{path} (its embedded package string)")
+    return absent(
+        *(f"{directory}/{{{','.join(OFI_NCCL_LIBRARIES)}}}" for directory in directories),
+        f"ldconfig -p {{{','.join(OFI_NCCL_LIBRARIES)}}}",
+    )
 
 
 def neuron_tools(host: Host) -> dict[str, Any]:
@@ -181,10 +208,6 @@ def neuron_python() -> dict[str, Any]:
     if versions:
         return present(versions, "pip distributions")
     return absent(*(f"pip distribution {name}" for name in NEURON_WHEELS))
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 def report(host: Host | None = None) -> dict[str, Any]:

@@ -399,3 +399,16 @@ def test_module_reads_the_install_records(capsys, tmp_path, monkeypatch):
     }
     _, result = _run_module(capsys, {**args, "installed_dir": str(tmp_path / "none")})
     assert result["ansible_facts"]["mlcluster_node"]["installed"] == {}
+
+
+def test_fi_info_is_the_efa_installers_first(monkeypatch):
+    found = {
+        "/opt/amazon/efa/bin/fi_info": "/opt/amazon/efa/bin/fi_info",
+        "fi_info": "/usr/bin/fi_info",
+    }
+    monkeypatch.setattr(node_facts.shutil, "which", found.get)
+    assert node_facts.find_fi_info() == "/opt/amazon/efa/bin/fi_info"
+    monkeypatch.setattr(node_facts.shutil, "which", {"fi_info": "/usr/bin/fi_info"}.get)
+    assert node_facts.find_fi_info() == "/usr/bin/fi_info"
+    monkeypatch.setattr(node_facts.shutil, "which", lambda _command: None)
+    assert node_facts.find_fi_info() is None

@@ -16,6 +16,7 @@ import os
 import re
 
 from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (
+    kernel_module_version,
     parse_first_version,
     parse_proc_driver_version,
 )
@@ -193,10 +194,7 @@ def nvme_drives(sysfs_root: str = "/sys", mounts_text: str = "") -> list[dict]:
 
 def driver_versions(sysfs_root: str = "/sys", proc_root: str = "/proc") -> dict[str, str | None]:
     """Versions of the loaded kernel modules (None when not loaded or unversioned)."""
-    versions = {
-        name: (read_text(os.path.join(sysfs_root, "module", name, "version")) or "").strip() or None
-        for name in DRIVER_MODULES
-    }
+    versions = {name: kernel_module_version(read_text, name, sysfs_root) for name in DRIVER_MODULES}
     if versions["nvidia"] is None:
         versions["nvidia"] = parse_proc_driver_version(
             read_text(os.path.join(proc_root, "driver", "nvidia", "version")) or ""

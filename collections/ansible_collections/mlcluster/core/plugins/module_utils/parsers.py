@@ -4,8 +4,10 @@ content about it.
 Shared by the collection's modules (image_manifest, node_facts) and by the workloads package,
 whose ``mlcluster_workloads/parsers.py`` is this very file (a symlink; its wheel carries the
 content), so that the bake's image manifest and the training jobs' version report look in the
-same places and read versions the same way. Standard library only, and no system access except
-``search_binary``, which reads a file.
+same places, in the same order, and read versions the same way. Standard library only, and no
+system access except ``search_binary``, which reads a file: the search functions take the
+caller's ``glob``/``which``/``read`` (the module's are the system's, the report's are rooted in
+its Host) and return where to look, best first.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import mmap
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 
 # ---------------------------------------------------------------------------------------------
 # Where things are
@@ -48,9 +51,18 @@ OFI_NCCL_LIBRARIES = ("libnccl-net-ofi.so", "libnccl-net.so", "libnccl-net-aws-o
 # The package string compiled into the plugin ('aws-ofi-nccl 1.14.2-aws').
 OFI_NCCL_VERSION = re.compile(rb"aws-ofi-nccl[ -]v?(\d+\.\d+\.\d+(?:[-+~][0-9A-Za-z]+)*)")
 CUDA_HOME = "/usr/local/cuda"
+# What a CUDA home holds, relative to it: the toolkit's release and its compiler.
+CUDA_VERSION_FILE = "version.json"
+CUDA_NVCC = "bin/nvcc"
 PROC_DRIVER_VERSION = "/proc/driver/nvidia/version"
 EFA_INSTALLED_PACKAGES = "/opt/amazon/efa_installed_packages"
 EFA_BIN_DIR = "/opt/amazon/efa/bin"
+# fi_info, best first: the EFA installer's (its libfabric is the one NCCL's aws-ofi-nccl plugin
+# loads), then one on PATH (a distribution's libfabric).
+FI_INFO_COMMANDS = (f"{EFA_BIN_DIR}/fi_info", "fi_info")
+# /sbin is not on a Debian user's PATH, and the report runs as the job's user.
+LDCONFIG_COMMANDS = ("ldconfig", "/sbin/ldconfig")
+SYSFS_ROOT = "/sys"
 # The package database queries that parse_dpkg_query and parse_rpm_qa read: the whole database,
 # or the packages named after the format.
 DPKG_QUERY_FORMAT = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
@@ -61,6 +73,85 @@ def library_search_dirs(*component_dirs: str) -> tuple[str, ...]:
     """Where a component's library is looked for, in order: its own directories, then
     LIBRARY_DIRS (what its role installed wins over a distribution's copy elsewhere)."""
     return (*component_dirs, *(d for d in LIBRARY_DIRS if d not in component_dirs))
+
+
+def library_candidates(
+    names: Iterable[str], directories: Iterable[str], ldconfig_fn: Callable[[], dict[str, str]]
+) -> Iterator[str]:
+    """Paths to try for a library, best first: each of ``names`` in each of ``directories``,
+    then where the linker cache has that name (``ldconfig_fn()``: parse_ldconfig's mapping,
+    asked for once and only when the directories are exhausted for a name)."""
+    directories = tuple(directories)
+    linker_cache = None
+    for name in names:
+        for directory in directories:
+            yield os.path.join(directory, name)
+        if linker_cache is None:
+            linker_cache = ldconfig_fn()
+        if name in linker_cache:
+            yield linker_cache[name]
+
+
+def cuda_homes(glob_fn: Callable[[str], Iterable[str]], *search_paths: str) -> list[str]:
+    """Where a CUDA toolkit is looked for, best first, each once: a caller's ``search_paths``,
+    CUDA_HOME (the link NVIDIA's packages point at the default toolkit), then the versioned
+    homes ``glob_fn('/usr/local/cuda-*')`` finds, newest version first (12.10 before 12.9).
+    nvcc on PATH is the callers' last resort after these."""
+    versioned = sorted(
+        glob_fn(f"{CUDA_HOME}-*"),
+        key=lambda home: (version_key(os.path.basename(home)), home),
+        reverse=True,
+    )
+    return _unique([*search_paths, CUDA_HOME, *versioned])
+
+
+def cuda_toolkit_version(
+    version_json: str | None, nvcc_output: str | None
+) -> tuple[str, str] | None:
+    """The version of the toolkit at a CUDA home and what it was read from, relative to the
+    home: its version.json's release ('12.9.1', CUDA_VERSION_FILE), else its nvcc's
+    ('12.9.86', 'bin/nvcc --version'); None when neither answers (no toolkit there)."""
+    if version := parse_cuda_version_json(version_json or ""):
+        return version, CUDA_VERSION_FILE
+    if version := parse_nvcc_version(nvcc_output or ""):
+        return version, f"{CUDA_NVCC} --version"
+    return None
+
+
+def fi_info_candidates(which_fn: Callable[[str], str | None]) -> list[str]:
+    """The fi_info executables there are, best first (FI_INFO_COMMANDS), each once.
+    ``which_fn`` is shutil.which-like: a path is checked as it is, a name looked up on PATH."""
+    return _found_commands(which_fn, FI_INFO_COMMANDS)
+
+
+def ldconfig_candidates(which_fn: Callable[[str], str | None]) -> list[str]:
+    """The ldconfig executables there are (LDCONFIG_COMMANDS), as fi_info_candidates."""
+    return _found_commands(which_fn, LDCONFIG_COMMANDS)
+
+
+def kernel_module_version_path(module: str, sysfs_root: str = SYSFS_ROOT) -> str:
+    """Where a loaded kernel module's version is (modules without MODULE_VERSION have none)."""
+    return os.path.join(sysfs_root, "module", module, "version")
+
+
+def kernel_module_version(
+    read_fn: Callable[[str], str | None], module: str, sysfs_root: str = SYSFS_ROOT
+) -> str | None:
+    """A loaded kernel module's version; None when it is not loaded or has no version."""
+    return (read_fn(kernel_module_version_path(module, sysfs_root)) or "").strip() or None
+
+
+def _found_commands(which_fn: Callable[[str], str | None], commands: Iterable[str]) -> list[str]:
+    return _unique(path for command in commands if (path := which_fn(command)))
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """'2.26.2' -> (2, 26, 2): versions compared as numbers (12.10 is newer than 12.9)."""
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 def search_binary(path: str, pattern: re.Pattern) -> tuple[str, ...] | None:
@@ -80,6 +171,17 @@ def search_binary(path: str, pattern: re.Pattern) -> tuple[str, ...] | None:
 # ---------------------------------------------------------------------------------------------
 # Parsers
 # ---------------------------------------------------------------------------------------------
+
+
+def parse_ldconfig(text: str) -> dict[str, str]:
+    """``ldconfig -p`` -> {soname: path}; the first line of a name wins, as in the cache's
+    order."""
+    libraries: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s*(\S+)\s.*=>\s*(\S+)$", line)
+        if match:
+            libraries.setdefault(match.group(1), match.group(2))
+    return libraries
 
 
 def parse_dpkg_query(text: str) -> dict[str, str]:

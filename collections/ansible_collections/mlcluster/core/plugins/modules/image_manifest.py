@@ -131,7 +131,6 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -141,9 +140,9 @@ from ansible_collections.mlcluster.core.plugins.module_utils.node import (  # no
     probe_hardware,
 )
 from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  # noqa: E402
-    CUDA_HOME,
+    CUDA_NVCC,
+    CUDA_VERSION_FILE,
     DPKG_QUERY_FORMAT,
-    EFA_BIN_DIR,
     EFA_INSTALLED_PACKAGES,
     NCCL_LIBRARY,
     NCCL_LIBRARY_DIRS,
@@ -154,10 +153,15 @@ from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  #
     PROC_DRIVER_VERSION,
     RPM_QUERY_FORMAT,
     compare_claim,
+    cuda_homes,
+    cuda_toolkit_version,
+    fi_info_candidates,
+    ldconfig_candidates,
+    library_candidates,
     library_search_dirs,
     nouveau_blacklisted,
     package_version_ok,  # noqa: F401  # re-exported: tests and callers read the parsers here
-    parse_cuda_version_json,
+    parse_cuda_version_json,  # noqa: F401  # re-exported: tests and callers read the parsers here
     parse_dkms_status,
     parse_dpkg_query,
     parse_efa_installed_packages,
@@ -165,6 +169,7 @@ from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  #
     parse_fi_info_version,
     parse_first_version,
     parse_key_values,
+    parse_ldconfig,
     parse_nccl_binary,  # noqa: F401  # re-exported: tests and callers read the parsers here
     parse_nccl_header,  # noqa: F401  # re-exported: tests and callers read the parsers here
     parse_nvcc_version,
@@ -243,35 +248,39 @@ class Node:
 
     def ldconfig(self) -> dict[str, str]:
         if self._ldconfig is None:
-            self._ldconfig = {}
-            out = self.run(["ldconfig", "-p"]) or self.run(["/sbin/ldconfig", "-p"]) or ""
-            for line in out.splitlines():
-                match = re.match(r"^\s*(\S+)\s.*=>\s*(\S+)$", line)
-                if match and match.group(1) not in self._ldconfig:
-                    self._ldconfig[match.group(1)] = match.group(2)
+            outputs = (self.run([command, "-p"]) for command in ldconfig_candidates(shutil.which))
+            self._ldconfig = parse_ldconfig(next((out for out in outputs if out), ""))
         return self._ldconfig
 
     def find_library(
         self, component: str, names: list[str], extra_dirs: tuple[str, ...] = ()
     ) -> str | None:
         dirs = [*self.search_paths.get(component, []), *library_search_dirs(*extra_dirs)]
-        for name in names:
-            for directory in dirs:
-                path = os.path.join(directory, name)
-                if os.path.exists(path):
-                    return path
-            if name in self.ldconfig() and os.path.exists(self.ldconfig()[name]):
-                return self.ldconfig()[name]
-        return None
+        return next(
+            (
+                path
+                for path in library_candidates(names, dirs, self.ldconfig)
+                if os.path.exists(path)
+            ),
+            None,
+        )
 
     def find_executable(
-        self, component: str, name: str, extra_dirs: tuple[str, ...] = ()
+        self,
+        component: str,
+        name: str,
+        extra_dirs: tuple[str, ...] = (),
+        fallback: list[str] | None = None,
     ) -> str | None:
+        """``name`` in the component's search paths, then in ``extra_dirs``, then the first of
+        ``fallback`` (default: ``name`` on PATH)."""
         for directory in [*self.search_paths.get(component, []), *extra_dirs]:
             path = os.path.join(directory, name)
             if os.access(path, os.X_OK):
                 return path
-        return shutil.which(name)
+        if fallback is None:
+            return shutil.which(name)
+        return next(iter(fallback), None)
 
 
 def kernels_with_module(pattern: str) -> list[str]:
@@ -320,30 +329,24 @@ def probe_nvidia_driver(node: Node) -> dict:
 
 
 def probe_cuda_toolkit(node: Node) -> dict:
-    homes = [
-        *node.search_paths.get("cuda_toolkit", []),
-        CUDA_HOME,
-        *sorted(glob.glob(f"{CUDA_HOME}-*"), reverse=True),
-    ]
-    for home in homes:
-        nvcc = os.path.join(home, "bin", "nvcc")
-        if os.access(nvcc, os.X_OK):
-            nvcc_version = parse_nvcc_version(node.run([nvcc, "--version"]) or "")
-            release = parse_cuda_version_json(node.read(os.path.join(home, "version.json")) or "")
+    for home in cuda_homes(glob.glob, *node.search_paths.get("cuda_toolkit", [])):
+        nvcc_output = node.run([os.path.join(home, CUDA_NVCC), "--version"])
+        found = cuda_toolkit_version(node.read(os.path.join(home, CUDA_VERSION_FILE)), nvcc_output)
+        if found:
             return {
                 "present": True,
-                "version": release or nvcc_version,
+                "version": found[0],
                 "cuda_home": os.path.realpath(home),
-                "nvcc_version": nvcc_version,
+                "nvcc_version": parse_nvcc_version(nvcc_output or ""),
             }
     nvcc = shutil.which("nvcc")
-    if nvcc:
-        nvcc_version = parse_nvcc_version(node.run([nvcc, "--version"]) or "")
+    found = cuda_toolkit_version(None, node.run([nvcc, "--version"])) if nvcc else None
+    if found:
         return {
             "present": True,
-            "version": nvcc_version,
+            "version": found[0],
             "cuda_home": os.path.dirname(os.path.dirname(nvcc)),
-            "nvcc_version": nvcc_version,
+            "nvcc_version": found[0],
         }
     return {"present": False, "version": None}
 
@@ -367,7 +370,7 @@ def probe_nccl(node: Node) -> dict:
 
 def probe_efa(node: Node) -> dict:
     installer = parse_efa_installed_packages(node.read(EFA_INSTALLED_PACKAGES) or "")
-    fi_info = node.find_executable("efa", "fi_info", (EFA_BIN_DIR,))
+    fi_info = node.find_executable("efa", "fi_info", fallback=fi_info_candidates(shutil.which))
     libfabric = parse_fi_info_version(node.run([fi_info, "--version"]) or "") if fi_info else None
     providers = parse_fi_info_providers(node.run([fi_info, "-l"]) or "") if fi_info else []
     return {
@@ -522,7 +525,9 @@ PROBES = {name: globals()[f"probe_{name}"] for name in COMPONENTS}
 
 MISSING_HINTS = {
     "nvidia_driver": "no NVIDIA driver library (libnvidia-ml.so.1)",
-    "cuda_toolkit": "no nvcc under /usr/local/cuda*",
+    "cuda_toolkit": (
+        "no CUDA toolkit (bin/nvcc or version.json under /usr/local/cuda*, nvcc on PATH)"
+    ),
     "nccl": "no libnccl.so.2",
     "efa": "no fi_info (libfabric)",
     "aws_ofi_nccl": "no aws-ofi-nccl plugin (libnccl-net*.so)",

@@ -122,16 +122,13 @@ from ansible_collections.mlcluster.core.plugins.module_utils.node import (  # no
     efa_provider_result,
     node_facts,
 )
-
-FI_INFO_DIRS = ("/opt/amazon/efa/bin",)
+from ansible_collections.mlcluster.core.plugins.module_utils.parsers import (  # noqa: E402
+    fi_info_candidates,
+)
 
 
 def find_fi_info() -> str | None:
-    for directory in FI_INFO_DIRS:
-        path = os.path.join(directory, "fi_info")
-        if os.access(path, os.X_OK):
-            return path
-    return shutil.which("fi_info")
+    return next(iter(fi_info_candidates(shutil.which)), None)
 
 
 def probe_efa_provider(module: AnsibleModule) -> dict:
