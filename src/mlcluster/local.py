@@ -542,27 +542,69 @@ def down(name: str = DEFAULT_NAME, say=print) -> list[str]:
     return removed
 
 
-def _systemd_state(name: str, container: str, ip: str) -> str:
-    """``systemctl is-system-running`` on a node: through ``podman exec``, else over SSH.
+# What runc/crun print when `podman exec` cannot put the new process into the container's
+# cgroup: seen on cgroup v1 hosts once a node's own systemd has rearranged its cgroups ("error
+# adding pid N to cgroups: ... libpod-<id>/cgroup.procs: no such file or directory").
+EXEC_CGROUP_FAULT = re.compile(r"cgroup\.procs|error adding pid \d+ to cgroups")
 
-    ``podman exec`` fails on hosts whose runtime cannot join the container's cgroup (seen on
-    cgroup v1 hosts: "writing file `cgroup.procs`"); the node's own sshd still answers then.
-    """
-    probe = podman.run(["exec", container, "systemctl", "is-system-running"], check=False)
-    if probe.stdout.strip():
-        return probe.stdout.strip()
-    key = cluster_dir(name) / "id_ed25519"
-    if ip and key.exists():
-        over_ssh = subprocess.run(
-            ["ssh", *ssh_options(key), f"root@{ip}", "systemctl", "is-system-running"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+
+def node_exec(
+    name: str,
+    container: str,
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    input_text: str | None = None,
+    check: bool = True,
+    timeout: float = 600,
+    ip: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``argv`` as root on a node of cluster ``name``: through ``podman exec``, else, where
+    exec fails to join the container's cgroup (EXEC_CGROUP_FAULT), over the node's own SSH
+    with the cluster's key (its sshd runs inside the container and still answers)."""
+    args = ["exec", "-i"] if input_text is not None else ["exec"]
+    for key, value in (env or {}).items():
+        args += ["-e", f"{key}={value}"]
+    proc = podman.run(
+        [*args, container, *argv], check=False, input_text=input_text, timeout=timeout
+    )
+    if proc.returncode != 0 and EXEC_CGROUP_FAULT.search(proc.stderr or ""):
+        if ip is None:
+            state_file = cluster_dir(name) / "state.json"
+            nodes = ClusterState.load(state_file).nodes if state_file.exists() else []
+            ip = next((n.ip for n in nodes if n.container == container), None)
+        key = cluster_dir(name) / "id_ed25519"
+        if ip and key.exists():
+            assignments = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
+            command = " ".join([*assignments, shlex.join(argv)])
+            try:
+                proc = subprocess.run(
+                    ["ssh", *ssh_options(key), f"root@{ip}", command],
+                    input=input_text,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise MlclusterError(
+                    f"{container}: `{command}` did not finish in {timeout:.0f} s"
+                ) from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise MlclusterError(
+            f"{container}: `{shlex.join(argv)[:80]}` failed (exit {proc.returncode}): "
+            + (detail[-1] if detail else "no output")
         )
-        if over_ssh.stdout.strip():
-            return over_ssh.stdout.strip()
-    return "unknown"
+    return proc
+
+
+def _systemd_state(name: str, container: str, ip: str) -> str:
+    """``systemctl is-system-running`` on a node (node_exec: over SSH where exec fails)."""
+    probe = node_exec(
+        name, container, ["systemctl", "is-system-running"], check=False, timeout=30, ip=ip or None
+    )
+    return probe.stdout.strip() or "unknown"
 
 
 def status(name: str = DEFAULT_NAME) -> list[dict]:

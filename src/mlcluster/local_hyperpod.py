@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import podman
+from . import local, podman
 from .errors import MlclusterError
 
 CONTROLLER_GROUP = "controller-machine"
@@ -202,7 +202,7 @@ def platform_slurm_conf(cluster: str, controller, workers: list, hardware: dict)
 
 def _hardware(container: str) -> str:
     """The node's CPUs and memory from `slurmd -C`, as the agent knows them per instance type."""
-    out = podman.run(["exec", container, "slurmd", "-C"]).stdout
+    out = local.node_exec(_cluster_of(container), container, ["slurmd", "-C"]).stdout
     first = out.splitlines()[0].split()
     wanted = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
     params = [p for p in first if p.split("=")[0] in wanted]
@@ -227,10 +227,15 @@ def _lifecycle_tree(staging: Path, params: dict) -> Path:
 
 
 def _exec(container: str, script: str, env: dict | None = None, input_text: str | None = None):
-    args = ["exec", "-i"] if input_text is not None else ["exec"]
-    for key, value in (env or {}).items():
-        args += ["-e", f"{key}={value}"]
-    return podman.run([*args, container, "bash", "-c", script], input_text=input_text)
+    return local.node_exec(
+        _cluster_of(container), container, ["bash", "-c", script], env=env, input_text=input_text
+    )
+
+
+def _cluster_of(container: str) -> str:
+    """The cluster a node's container belongs to (its label)."""
+    labels = podman.inspect(container)["Config"]["Labels"] or {}
+    return labels[local.LABEL]
 
 
 def prepare(state, say=print) -> None:
@@ -271,10 +276,13 @@ def run_lifecycle(state, say=print) -> None:
     for node in order:
         say(f"{node.container}: {ON_CREATE} (log {LIFECYCLE_LOG})")
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in LIFECYCLE_ENV.items())
-        result = podman.run(
-            ["exec", node.container, "bash", "-c", f"{env} bash {ON_CREATE}"],
+        result = local.node_exec(
+            state.name,
+            node.container,
+            ["bash", "-c", f"{env} bash {ON_CREATE}"],
             check=False,
             timeout=LIFECYCLE_TIMEOUT_S,
+            ip=node.ip,
         )
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,13 +27,9 @@ OWNED = ("slurm_mlcluster.conf", "cgroup.conf", "plugstack.conf")
 
 
 def sh(container: str, command: str, check: bool = True, timeout: float = 300):
-    proc = subprocess.run(
-        ["podman", "exec", container, "bash", "-c", command],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    # As the product reaches the nodes: podman exec, over SSH where exec cannot join the
+    # container's cgroup (cgroup v1 hosts).
+    proc = local.node_exec(NAME, container, ["bash", "-c", command], check=False, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{container}: {command} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"

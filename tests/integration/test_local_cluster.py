@@ -26,7 +26,7 @@ def test_status_lists_every_node_running(cluster):
     assert all(r["state"] == "running" and r["systemd"] == "running" for r in rows.values())
 
 
-def test_status_reads_systemd_over_ssh_where_podman_exec_fails(cluster, tmp_path):
+def test_status_reads_systemd_over_ssh_where_podman_exec_fails(cluster, tmp_path, monkeypatch):
     """On cgroup v1 hosts ``podman exec`` into a node fails ("writing file `cgroup.procs`"):
     ``local status`` then asks the node's own sshd. A podman on PATH whose ``exec`` fails that
     way, the real one for everything else."""
@@ -66,6 +66,17 @@ def test_status_reads_systemd_over_ssh_where_podman_exec_fails(cluster, tmp_path
     # The wrapper is what answered exec: through it, exec fails.
     failed = subprocess.run([str(wrapper), "exec", "x", "true"], capture_output=True, check=False)
     assert failed.returncode == 126
+    # node_exec, which the HyperPod simulation runs its lifecycle with, carries the command's
+    # environment and standard input over SSH too.
+    monkeypatch.setenv("PATH", env["PATH"])
+    out = local.node_exec(
+        cluster.name,
+        f"{cluster.name}-compute1",
+        ["sh", "-c", 'cat; echo "$GREETING"; hostname'],
+        env={"GREETING": "hello, world's $HOME"},
+        input_text="from stdin\n",
+    )
+    assert out.stdout.splitlines() == ["from stdin", "hello, world's $HOME", "compute1"]
 
 
 def test_inventory_has_the_real_groups(cluster):
