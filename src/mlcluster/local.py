@@ -557,7 +557,6 @@ def node_exec(
     input_text: str | None = None,
     check: bool = True,
     timeout: float = 600,
-    ip: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``argv`` as root on a node of cluster ``name``: through ``podman exec``, else, where
     exec fails to join the container's cgroup (EXEC_CGROUP_FAULT), over the node's own SSH
@@ -569,10 +568,9 @@ def node_exec(
         [*args, container, *argv], check=False, input_text=input_text, timeout=timeout
     )
     if proc.returncode != 0 and EXEC_CGROUP_FAULT.search(proc.stderr or ""):
-        if ip is None:
-            state_file = cluster_dir(name) / "state.json"
-            nodes = ClusterState.load(state_file).nodes if state_file.exists() else []
-            ip = next((n.ip for n in nodes if n.container == container), None)
+        state_file = cluster_dir(name) / "state.json"
+        nodes = ClusterState.load(state_file).nodes if state_file.exists() else []
+        ip = next((n.ip for n in nodes if n.container == container), None)
         key = cluster_dir(name) / "id_ed25519"
         if ip and key.exists():
             assignments = [f"{k}={shlex.quote(v)}" for k, v in (env or {}).items()]
@@ -599,11 +597,9 @@ def node_exec(
     return proc
 
 
-def _systemd_state(name: str, container: str, ip: str) -> str:
+def _systemd_state(name: str, container: str) -> str:
     """``systemctl is-system-running`` on a node (node_exec: over SSH where exec fails)."""
-    probe = node_exec(
-        name, container, ["systemctl", "is-system-running"], check=False, timeout=30, ip=ip or None
-    )
+    probe = node_exec(name, container, ["systemctl", "is-system-running"], check=False, timeout=30)
     return probe.stdout.strip() or "unknown"
 
 
@@ -617,7 +613,7 @@ def status(name: str = DEFAULT_NAME) -> list[dict]:
         running = info["State"]["Running"]
         nets = info["NetworkSettings"].get("Networks") or {}
         ip = next((n.get("IPAddress") for n in nets.values()), "")
-        systemd = _systemd_state(name, ctr_name, ip) if running else "-"
+        systemd = _systemd_state(name, ctr_name) if running else "-"
         rows.append(
             {
                 "container": ctr_name,

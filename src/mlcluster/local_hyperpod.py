@@ -200,9 +200,9 @@ def platform_slurm_conf(cluster: str, controller, workers: list, hardware: dict)
     return "\n".join(lines) + "\n"
 
 
-def _hardware(container: str) -> str:
+def _hardware(name: str, container: str) -> str:
     """The node's CPUs and memory from `slurmd -C`, as the agent knows them per instance type."""
-    out = local.node_exec(_cluster_of(container), container, ["slurmd", "-C"]).stdout
+    out = local.node_exec(name, container, ["slurmd", "-C"]).stdout
     first = out.splitlines()[0].split()
     wanted = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
     params = [p for p in first if p.split("=")[0] in wanted]
@@ -226,16 +226,10 @@ def _lifecycle_tree(staging: Path, params: dict) -> Path:
     return tree
 
 
-def _exec(container: str, script: str, env: dict | None = None, input_text: str | None = None):
-    return local.node_exec(
-        _cluster_of(container), container, ["bash", "-c", script], env=env, input_text=input_text
-    )
-
-
-def _cluster_of(container: str) -> str:
-    """The cluster a node's container belongs to (its label)."""
-    labels = podman.inspect(container)["Config"]["Labels"] or {}
-    return labels[local.LABEL]
+def _exec(
+    name: str, container: str, script: str, env: dict | None = None, input_text: str | None = None
+):
+    return local.node_exec(name, container, ["bash", "-c", script], env=env, input_text=input_text)
 
 
 def prepare(state, say=print) -> None:
@@ -249,21 +243,25 @@ def prepare(state, say=print) -> None:
         tree = _lifecycle_tree(Path(tmp), provisioning_parameters())
         for node in state.nodes:
             _exec(
+                state.name,
                 node.container,
                 PLATFORM_SETUP,
                 env={"MLCLUSTER_ANSIBLE": ansible},
                 input_text=base64.b64encode(munge_key).decode(),
             )
             _exec(
+                state.name,
                 node.container,
                 f"cat > {RESOURCE_CONFIG}",
                 input_text=config,
             )
-            _exec(node.container, f"rm -rf {LIFECYCLE_DIR} && install -d {LIFECYCLE_DIR}")
+            _exec(
+                state.name, node.container, f"rm -rf {LIFECYCLE_DIR} && install -d {LIFECYCLE_DIR}"
+            )
             podman.run(["cp", f"{tree}/.", f"{node.container}:{LIFECYCLE_DIR}"])
-    hardware = {n.container: _hardware(n.container) for n in workers}
+    hardware = {n.container: _hardware(state.name, n.container) for n in workers}
     conf = platform_slurm_conf(state.name, controller, workers, hardware)
-    _exec(controller.container, f"cat > {SLURM_CONF}", input_text=conf)
+    _exec(state.name, controller.container, f"cat > {SLURM_CONF}", input_text=conf)
     say(
         f"cluster {state.name}: laid out as HyperPod (Slurm under {SLURM_PREFIX}, "
         f"{RESOURCE_CONFIG}, lifecycle in {LIFECYCLE_DIR}, the agent's {SLURM_CONF})"
@@ -282,7 +280,6 @@ def run_lifecycle(state, say=print) -> None:
             ["bash", "-c", f"{env} bash {ON_CREATE}"],
             check=False,
             timeout=LIFECYCLE_TIMEOUT_S,
-            ip=node.ip,
         )
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])

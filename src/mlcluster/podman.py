@@ -34,6 +34,22 @@ def require_podman() -> str:
     return path
 
 
+# On cgroup v1 hybrid hosts, tools that clean up stale cgroups may delete podman's libpod-<id>
+# directory under the name=systemd hierarchy while the node keeps running; `podman exec` then
+# fails with "openat2 <dir>/cgroup.procs: no such file or directory".
+_LOST_CGROUP = re.compile(r"openat2 (/sys/fs/cgroup/[\w./-]+)/cgroup\.procs: no such file")
+
+
+def heal_lost_cgroup(stderr: str) -> bool:
+    """Recreate the container cgroup directory a failed ``podman exec`` names as missing
+    (_LOST_CGROUP); whether there was one to recreate."""
+    match = _LOST_CGROUP.search(stderr or "")
+    if not match:
+        return False
+    Path(match.group(1)).mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def run(
     args: Sequence[str],
     *,
@@ -43,17 +59,24 @@ def run(
     timeout: float | None = 600,
 ) -> subprocess.CompletedProcess:
     cmd = ["podman", *args]
-    try:
-        proc = subprocess.run(
-            cmd,
-            input=input_text,
-            text=True,
-            capture_output=capture,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise MlclusterError(f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s") from exc
+
+    def once() -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                cmd,
+                input=input_text,
+                text=True,
+                capture_output=capture,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise MlclusterError(f"`{' '.join(cmd)}` did not finish in {timeout:.0f} s") from exc
+
+    proc = once()
+    # An exec that found its container's cgroup deleted: recreate it and try once more.
+    if list(args[:1]) == ["exec"] and proc.returncode != 0 and heal_lost_cgroup(proc.stderr):
+        proc = once()
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()
         raise MlclusterError(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlcluster import podman as mlcluster_podman
 from mlcluster.inputs import ansible_env
 from mlcluster.runner import RunState
 
@@ -89,18 +89,10 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
 
 
 def heal_exec(name: str) -> None:
-    """Recreate the node's cgroup directory when something on the host removed it.
-
-    On cgroup v1 hybrid hosts, tools that clean up stale cgroups may delete podman's
-    libpod-<id> directory under the name=systemd hierarchy; `podman exec` then fails with
-    "cgroup.procs: no such file or directory" while the node itself keeps running.
-    """
-    proc = podman("exec", name, "true", check=False)
-    match = re.search(r"openat2 (/sys/fs/cgroup/[\w./-]+)/cgroup\.procs: no such file", proc.stderr)
-    if proc.returncode != 0 and match:
-        Path(match.group(1)).mkdir(parents=True, exist_ok=True)
-        podman("exec", name, "true")
-    elif proc.returncode != 0:
+    """`podman exec` into the node works: the product's podman.run recreates a container cgroup
+    that something on a cgroup v1 host deleted (podman.heal_lost_cgroup) and tries again."""
+    proc = mlcluster_podman.run(["exec", name, "true"], check=False)
+    if proc.returncode != 0:
         raise AssertionError(f"podman exec {name} failed: {proc.stderr.strip()}")
 
 

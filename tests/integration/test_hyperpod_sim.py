@@ -91,7 +91,9 @@ def test_managed_mode_keeps_the_agents_slurm_conf_but_for_the_include_line(hp):
     lines = conf.splitlines(keepends=True)
     assert lines[-1] == INCLUDE_LINE + "\n"
     assert sum(line.strip() == INCLUDE_LINE for line in lines) == 1
-    hardware = {n.container: local_hyperpod._hardware(n.container) for n in workers(state)}
+    hardware = {
+        n.container: local_hyperpod._hardware(state.name, n.container) for n in workers(state)
+    }
     agent = local_hyperpod.platform_slurm_conf(state.name, head, workers(state), hardware)
     kept = "".join(line for line in lines if line.strip() != INCLUDE_LINE)
     assert hashlib.sha256(kept.encode()).hexdigest() == hashlib.sha256(agent.encode()).hexdigest()
