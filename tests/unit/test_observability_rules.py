@@ -3,13 +3,16 @@ prometheus role renders them, checked by the real promtool and amtool, and the r
 unit-tested with `promtool test rules`: each alert fires after its `for:` and resolves.
 
 The files come out of Ansible itself: a throw-away role made of the prometheus role's
-defaults, vars and templates and the render tasks of its configure.yml (picked by name, with
-their `validate:` commands: promtool and amtool run there too), on localhost through
+defaults, vars and templates and the files task of its configure.yml (its configuration files,
+with their `validate:` commands: promtool and amtool run there too), on localhost through
 ansible-runner, for a pretend cluster given in the inventory below.
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,11 +24,11 @@ from mlcluster.paths import project_root
 from mlcluster.runner import EXIT_OK, run_playbook
 
 ROLE = project_root() / "roles" / "prometheus"
-RENDER_TASKS = {
-    "Write the alert rules": "mlcluster.rules.yml",
-    "Write Prometheus's configuration (every node of"
-    " {{ prometheus_scrape_groups | join(', ') }})": "prometheus.yml",
-    "Write Alertmanager's configuration": "alertmanager.yml",
+# The configuration files of the role's files task (mlcluster.core.files), by path.
+RENDERED = {
+    "/etc/prometheus/rules/mlcluster.rules.yml",
+    "/etc/prometheus/prometheus.yml",
+    "/etc/prometheus/alertmanager.yml",
 }
 ALERTS = {
     "NodeDown",
@@ -75,26 +78,30 @@ INVENTORY = {
 
 def render(root: Path, extravars: dict | None = None) -> dict[str, str]:
     tasks = yaml.safe_load((ROLE / "tasks" / "configure.yml").read_text())
-    by_name = {task.get("name"): task for task in tasks}
-    assert set(RENDER_TASKS) <= set(by_name), "configure.yml no longer has the render tasks"
+    writers = [task for task in tasks if "mlcluster.core.files" in task]
+    assert len(writers) == 1, "configure.yml no longer writes its files in one files task"
+    files = [f for f in writers[0]["mlcluster.core.files"]["files"] if f["dest"] in RENDERED]
+    assert {f["dest"] for f in files} == RENDERED, "the files task lacks a configuration file"
     role = root / "roles" / "prometheus_render"
     (role / "tasks").mkdir(parents=True)
     for part in ("defaults", "vars", "templates"):
         (role / part).symlink_to(ROLE / part)
-    steps = []
-    for name, filename in RENDER_TASKS.items():
-        task = dict(by_name[name])
-        task["ansible.builtin.template"] = {
-            **task["ansible.builtin.template"],
-            "dest": f"{{{{ render_dir }}}}/{filename}",
-            "owner": None,
-            "group": None,
-        }
-        task["ansible.builtin.template"] = {
-            k: v for k, v in task["ansible.builtin.template"].items() if v is not None
-        }
-        task.pop("notify", None)
-        steps.append(task)
+    owner, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    task = {
+        "name": writers[0]["name"],
+        "mlcluster.core.files": {
+            "files": [
+                {
+                    **f,
+                    "dest": f"{{{{ render_dir }}}}/{Path(f['dest']).name}",
+                    "owner": owner,
+                    "group": group,
+                }
+                for f in files
+            ]
+        },
+    }
+    steps = [task]
     (role / "tasks" / "main.yml").write_text(yaml.safe_dump(steps, sort_keys=False))
     playbook = root / "render.yml"
     playbook.write_text(
