@@ -89,3 +89,22 @@ def test_the_values_of_the_variables_change_the_digest(tree):
     other = lookup.install_digest(role, versions, {"munge_key_path": "/srv/munge.key"})
     assert base != other
     assert base == lookup.install_digest(role, versions, {"munge_key_path": "/etc/munge/munge.key"})
+
+
+def test_only_the_templates_and_vars_the_install_phase_reaches_count():
+    # The shipped slurm role: slurm.conf and the health check's settings are rendered by the
+    # configure phase only, so inventory values that only they read (the local inventory sets
+    # slurm_healthcheck_mounts) must not make a node from the baked image install again.
+    role = project_root() / "roles" / "slurm"
+    names = lookup.install_variables(role.resolve(), ("shipped",))
+    assert names == (
+        "slurm_accounting_enabled",
+        "slurm_compute",
+        "slurm_controller",
+        "slurm_image_components",
+        "slurm_login",
+        "slurm_managed_by",
+    )
+    # tuning's install phase renders its own templates: their variables count.
+    tuning = lookup.install_variables((project_root() / "roles" / "tuning").resolve(), ("t",))
+    assert "tuning_transparent_hugepage" in tuning and "tuning_systemd_limits" in tuning

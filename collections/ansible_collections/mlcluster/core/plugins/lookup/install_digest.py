@@ -80,21 +80,57 @@ def install_inputs(role_dir: Path, versions_file: Path) -> list[Path]:
 
 # Where a name the install phase reads can appear (defaults and argument specs name every
 # variable of the role, also the configure phase's).
-_READERS = ("tasks/", "vars/", "templates/", "files/")
+def _vars_definitions(role_dir: Path) -> dict[str, str]:
+    """The role's internal variables (vars/*.yml, top-level keys) and the text of each value."""
+    definitions: dict[str, str] = {}
+    for path in sorted((role_dir / "vars").glob("*.yml")):
+        key = None
+        for line in path.read_text(errors="replace").splitlines():
+            line = re.sub(r"(^|\s)#.*$", "", line)
+            match = re.match(r"^([A-Za-z_][A-Za-z0-9_]*):", line)
+            if match:
+                key = match[1]
+                definitions[key] = line[match.end() :]
+            elif key is not None:
+                definitions[key] += "\n" + line
+    return definitions
 
 
 @lru_cache(maxsize=64)
 def install_variables(role_dir: Path, stamp: tuple) -> tuple[str, ...]:
-    """The role's variables (<role>_*) that its install inputs name."""
-    pattern = re.compile(rf"\b{re.escape(role_dir.name)}_[a-z0-9_]+\b")
-    names: set[str] = set()
-    for path in install_inputs(role_dir, Path("/nonexistent")):
-        if role_dir not in path.parents:
+    """The role's variables (<role>_*) that its install phase reads: those its install task
+    files name, those of the templates and files they name (by file name), and those of the
+    internal variables (vars/, __<role>_*) that any of these reach, transitively. Templates
+    only the configure phase renders (slurm.conf) do not count, so an inventory value that
+    only they read (slurm_healthcheck_mounts) does not run the install phase again."""
+    public = re.compile(rf"\b{re.escape(role_dir.name)}_[a-z0-9_]+\b")
+    internal = re.compile(rf"\b__{re.escape(role_dir.name)}_[a-z0-9_]+\b")
+    inputs = [p for p in install_inputs(role_dir, Path("/nonexistent")) if role_dir in p.parents]
+    tasks = [p for p in inputs if p.relative_to(role_dir).as_posix().startswith("tasks/")]
+    # Comments do not read variables or files (install.yml says why slurm.conf is not written).
+    text = "\n".join(
+        re.sub(r"(^|\s)#.*$", "", line)
+        for p in tasks
+        for line in p.read_text(errors="replace").splitlines()
+    )
+    named = text
+    for path in inputs:
+        relative = path.relative_to(role_dir).as_posix()
+        if relative.startswith(("templates/", "files/")):
+            name = path.name[: -len(".j2")] if path.name.endswith(".j2") else path.name
+            if name in named:
+                text += "\n" + path.read_text(errors="replace")
+    definitions = _vars_definitions(role_dir)
+    seen: set[str] = set()
+    pending = set(internal.findall(text))
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in definitions:
             continue
-        if not path.relative_to(role_dir).as_posix().startswith(_READERS):
-            continue
-        names.update(pattern.findall(path.read_text(errors="replace")))
-    return tuple(sorted(names))
+        seen.add(name)
+        text += "\n" + definitions[name]
+        pending |= set(internal.findall(definitions[name])) - seen
+    return tuple(sorted(set(public.findall(text))))
 
 
 @lru_cache(maxsize=64)
