@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Single-GPU FSDP2 benchmark: the 1b Llama config in bf16, torch.compile off, then on.
-# Prints the two summary lines (tokens/s, TFLOP/s per device, MFU, peak memory).
+# Single-GPU FSDP2 benchmark: the 1b Llama config in bf16, torch.compile off, then on (MODES).
+# Prints each run's summary line (tokens/s, TFLOP/s per device, MFU, peak memory).
 #
 # For a machine with no network (the H200 device machine): the venv reuses the machine's CUDA
 # torch and takes mlcluster-workloads from this checkout, so nothing is fetched or built.
 # Knobs (environment): PYTHON (python3), VENV, RESULTS (directory for the JSON lines and logs),
-# CONFIG (1b), SEQ_LEN (2048), BATCH_SIZE (4), STEPS (30), WARMUP_STEPS (5), EXTRA (more fsdp
-# flags, e.g. --activation-checkpointing), ALLOW_CPU=1 to smoke-test the script itself on a
-# machine without CUDA (with CONFIG=tiny).
+# CONFIG (1b), SEQ_LEN (2048), BATCH_SIZE (4), STEPS (30), WARMUP_STEPS (5), MODES ("eager
+# compile"), EXTRA (more fsdp flags, e.g. --no-reshard-after-forward), TAG (added to the result
+# files' names, to tell runs with other EXTRA apart), RUN_TIMEOUT (seconds a run may take, 300),
+# ALLOW_CPU=1 to smoke-test the script itself on a machine without CUDA (with CONFIG=tiny).
+# Result files: $RESULTS/fsdp-<config>-b<batch><tag>-<mode>.jsonl and .log.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +21,9 @@ seq_len=${SEQ_LEN:-2048}
 batch_size=${BATCH_SIZE:-4}
 steps=${STEPS:-30}
 warmup_steps=${WARMUP_STEPS:-5}
+read -r -a modes <<<"${MODES-eager compile}"
+tag=${TAG:-}
+run_timeout=${RUN_TIMEOUT:-300}
 read -r -a extra <<<"${EXTRA:-}"
 
 mkdir -p "$results"
@@ -50,12 +55,12 @@ PY
 
 if [[ ${ALLOW_CPU:-0} == 1 ]]; then dtype=auto; else dtype=bf16; fi
 status=0
-for mode in eager compile; do
+for mode in "${modes[@]}"; do
   flags=()
   [[ $mode == compile ]] && flags=(--compile)
-  out="$results/fsdp-$config-$mode"
-  echo "== fsdp $config, $mode: $out.jsonl" >&2
-  if "$venv/bin/python" -m torch.distributed.run --standalone --nproc_per_node=1 \
+  out="$results/fsdp-$config-b$batch_size$tag-$mode"
+  echo "== fsdp $config, batch $batch_size ${extra[*]}, $mode: $out.jsonl" >&2
+  if timeout "$run_timeout" "$venv/bin/python" -m torch.distributed.run --standalone --nproc_per_node=1 \
     -m mlcluster_workloads.fsdp --config "$config" --seq-len "$seq_len" \
     --batch-size "$batch_size" --steps "$steps" --warmup-steps "$warmup_steps" \
     --dtype "$dtype" "${flags[@]}" "${extra[@]}" >"$out.jsonl" 2>"$out.log"; then

@@ -159,12 +159,26 @@ def test_dcgm_diagnostic(host, expected_gpus, level):
     assert not failed, f"dcgmi diag -r {run_level}: {failed[0]}"
 
 
+# Terminal escapes: nvidia-smi underlines the matrix's header line (ESC[4m ... ESC[0m) even when
+# its output is not a terminal, which glues ESC[4m to the first column's name.
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def topology_gpus(text: str) -> list[str]:
+    """The GPU columns (GPU0, GPU1, ...) of `nvidia-smi topo -m`'s matrix header."""
+    for line in _ESCAPE.sub("", text).splitlines():
+        columns = line.split()
+        # the header names GPU0; GPU0's own row does too, and holds its "X" (self)
+        if "GPU0" in columns and "X" not in columns:
+            return [column for column in columns if re.fullmatch(r"GPU\d+", column)]
+    return []
+
+
 def test_gpu_topology_and_nvlink(host, smi, expected_gpus):
     """Every GPU appears in the topology matrix; where NVLink exists, no link is inactive."""
     topo = host.run("timeout 120 nvidia-smi topo -m")
     assert topo.rc == 0, f"nvidia-smi topo -m failed: {_last_line(topo)}"
-    header = next((line.split() for line in topo.stdout.splitlines() if "GPU0" in line), [])
-    gpus = [column for column in header if re.fullmatch(r"GPU\d+", column)]
+    gpus = topology_gpus(topo.stdout)
     assert len(gpus) == expected_gpus, f"topology shows {len(gpus)} GPUs, not {expected_gpus}"
     links = host.run("timeout 120 nvidia-smi nvlink -s")
     if links.rc != 0 or "Link" not in links.stdout:
