@@ -24,12 +24,20 @@ def machine() -> str:
     )
 
 
+# Text of a section from this line on is written by hand (what the figures say, what changed):
+# a rewrite of the section keeps it after the new figures.
+KEPT = "<!-- written by hand: kept when the script rewrites this section -->"
+
+
 def write_section(title: str, body: str) -> None:
-    """Replace (or append) the section `## title` with `body`."""
+    """Replace (or append) the section `## title` with `body`, keeping its hand-written end."""
     text = DOC.read_text() if DOC.exists() else HEADER
     section = f"## {title}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
+    found = pattern.search(text)
+    if found and KEPT in found.group(0):
+        section += "\n" + found.group(0)[found.group(0).index(KEPT) :].rstrip("\n") + "\n"
+    if found:
         text = pattern.sub(lambda _m: section + "\n", text).rstrip("\n") + "\n"
     else:
         text = text.rstrip("\n") + "\n\n" + section

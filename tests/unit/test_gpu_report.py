@@ -184,3 +184,21 @@ def test_the_profile_counts_overlapping_kernels_once_and_sorts_them_by_kind() ->
     )
     assert gpu_profile.kind_of("ncclDevKernel_AllGather_RING_LL") == "communication"
     assert gpu_profile.kind_of("elementwise_kernel") == "other"
+
+
+def test_a_rewritten_section_keeps_its_hand_written_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(
+        "# Benchmarks\n\n## Slurm converge\n\nold table\n\n"
+        f"{report.KEPT}\n\nWhat the figures say: by hand.\n\n## Next\n\nother\n"
+    )
+    monkeypatch.setattr(report, "DOC", doc)
+    report.write_section("Slurm converge", "new table")
+    assert doc.read_text() == (
+        "# Benchmarks\n\n## Slurm converge\n\nnew table\n\n"
+        f"{report.KEPT}\n\nWhat the figures say: by hand.\n\n## Next\n\nother\n"
+    )
+    report.write_section("Next", "replaced")  # no marker: the whole section is the script's
+    assert doc.read_text().endswith("## Next\n\nreplaced\n")
