@@ -84,6 +84,13 @@ def test_a_cpu_job_without_efa_fsx_or_hyperpod():
 def test_every_torch_case_renders_a_valid_job(case, gpus):
     definition = cases.get(case)
     args = list(definition.gpu_args if gpus else definition.cpu_args)
+    if definition.needs_gpu and not gpus:  # refused, naming the missing GPUs
+        with pytest.raises(MlclusterError, match=f"{case} needs GPUs"):
+            eks.job_spec(
+                case, nodes=4, args=args, job_name=f"j-{case}", gpus_per_node=0,
+                image="img:1", efa_devices=0, namespace="default",
+            )  # fmt: skip
+        return
     spec = eks.job_spec(
         case, nodes=4, args=args, job_name=f"j-{case}", gpus_per_node=gpus,
         image="img:1", efa_devices=4 if gpus else 0, namespace="default",

@@ -117,6 +117,19 @@ CASES: dict[str, Case] = {
             runnable=False,
         ),
         Case(
+            "megatron",
+            "megatron_gpt",
+            "torchrun",
+            "megatron-core GPTModel (local spec) on the fsdp case's Llama shapes, tensor and "
+            "pipeline parallel (GPU only)",
+            gpu_args=("--config", "1b", "--steps", "50"),
+            needs_gpu=True,
+            cpu_substitute="fsdp",
+            # Rendered, not offered by `mlcluster run` yet: roles/workloads does not install
+            # megatron-core on the nodes (versions.yml).
+            runnable=False,
+        ),
+        Case(
             "envreport",
             "envreport",
             "per_node",
