@@ -81,16 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         compile_blocks=not args.eager,
         reshard_after_forward=args.reshard,
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=3e-4, betas=(0.9, 0.95), fused=ctx.device.type == "cuda"
-    )
-    loss_fn = fsdp.token_loss if args.eager else torch.compile(fsdp.token_loss)
+    # the case's own optimizer (AdamW, fused on CUDA) and loss at its defaults
+    case_args = fsdp.parse_args(["--config", args.config] + ([] if args.eager else ["--compile"]))
+    optimizer = fsdp.make_optimizer(model, case_args, ctx.device.type)
+    loss_fn = fsdp.loss_function(case_args.compile)
     source = SyntheticTokens(config.vocab_size, args.seq_len)
     tokens = torch.from_numpy(source.batch(list(range(args.batch_size)))).to(ctx.device)
 
     def step() -> float:
         loss = fsdp.train_step(
-            model, optimizer, tokens[:, :-1], tokens[:, 1:], grad_clip=1.0, loss_fn=loss_fn
+            model,
+            optimizer,
+            tokens[:, :-1],
+            tokens[:, 1:],
+            grad_clip=case_args.grad_clip,
+            loss_fn=loss_fn,
         )
         return float(loss)
 

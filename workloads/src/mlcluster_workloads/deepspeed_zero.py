@@ -25,7 +25,7 @@ import torch
 
 from mlcluster_workloads import dist, fsdp, metrics
 from mlcluster_workloads.data import TOKEN_DTYPES, ShardedSampler, SyntheticTokens, TokenFile
-from mlcluster_workloads.llama import CONFIGS, Transformer
+from mlcluster_workloads.llama import CONFIGS, Transformer, training_reporter
 
 
 def ds_config(args: argparse.Namespace, *, bf16: bool) -> dict[str, Any]:
@@ -130,34 +130,16 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
         seed=args.seed,
         shuffle=args.shuffle,
     )
-    flops_per_token = metrics.transformer_flops_per_token(
-        matmul_params=config.matmul_params(),
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        head_dim=config.head_dim,
-        seq_len=args.seq_len,
-    )
-    reporter = metrics.Reporter(
-        case="deepspeed",
-        world_size=ctx.world_size,
-        device=dist.reporter_device(ctx.device),
-        samples_per_step=sampler.global_batch,
-        flops_per_sample=flops_per_token * args.seq_len,
-        tokens_per_sample=args.seq_len,
-        warmup_steps=args.warmup_steps,
-        peak_tflops=args.peak_tflops,
-        enabled=ctx.is_main,
-        stream=stream,
+    reporter = training_reporter(
+        "deepspeed",
+        config,
+        args,
+        ctx,
+        stream,
+        global_batch=sampler.global_batch,
+        param_dtype=dtype,
         extra={
-            "config": args.config,
             "zero_stage": args.zero_stage,
-            "params": config.total_params(),
-            "matmul_params": config.matmul_params(),
-            "flops_per_token": flops_per_token,
-            "seq_len": args.seq_len,
-            "global_batch": sampler.global_batch,
-            "param_dtype": str(dtype).removeprefix("torch."),
-            "backend": ctx.backend,
             "deepspeed": deepspeed.__version__,
             "deepspeed_accelerator": deepspeed.get_accelerator().device_name(),
         },

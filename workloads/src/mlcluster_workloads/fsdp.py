@@ -40,7 +40,7 @@ from torch.distributed.tensor.parallel import (
 from mlcluster_workloads import checkpoint, dist, metrics
 from mlcluster_workloads.checkpoint import Checkpointer
 from mlcluster_workloads.data import TOKEN_DTYPES, ShardedSampler, SyntheticTokens, TokenFile
-from mlcluster_workloads.llama import CONFIGS, LlamaConfig, Transformer
+from mlcluster_workloads.llama import CONFIGS, LlamaConfig, Transformer, training_reporter
 
 TRAIN_KEYS = ["step", "samples_consumed"]
 
@@ -170,6 +170,29 @@ def loss_and_backward(
     return loss.detach()
 
 
+def make_optimizer(
+    model: torch.nn.Module, args: argparse.Namespace, device_type: str
+) -> torch.optim.Optimizer:
+    """``--optimizer`` over the model's parameters, at ``--lr`` and ``--weight-decay``."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # On CUDA the fused kernel: one launch for every parameter's update instead of a few per
+    # tensor list (the update is the same arithmetic).
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        weight_decay=args.weight_decay,
+        fused=device_type == "cuda",
+    )
+
+
+def loss_function(compile_: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``token_loss``, compiled with ``--compile``: the fp32 upcast of the logits (batch x seq x
+    vocab) then fuses into the log-softmax instead of being written out."""
+    return torch.compile(token_loss) if compile_ else token_loss
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -273,21 +296,8 @@ def run(
         compile_blocks=args.compile,
         reshard_after_forward=not args.no_reshard_after_forward,
     )
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    else:
-        # On CUDA the fused kernel: one launch for every parameter's update instead of a few
-        # per tensor list (the update is the same arithmetic).
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=args.lr,
-            betas=(0.9, 0.95),
-            weight_decay=args.weight_decay,
-            fused=ctx.device.type == "cuda",
-        )
-    # With --compile the loss is compiled too: the fp32 upcast of the logits (batch x seq x
-    # vocab) fuses into the log-softmax instead of being written out.
-    loss_fn = torch.compile(token_loss) if args.compile else token_loss
+    optimizer = make_optimizer(model, args, ctx.device.type)
+    loss_fn = loss_function(args.compile)
     if args.data_file:
         source = TokenFile(args.data_file, args.seq_len, dtype=args.data_dtype)
     else:
@@ -319,36 +329,18 @@ def run(
                 )
             start_step = train["step"]
 
-    flops_per_token = metrics.transformer_flops_per_token(
-        matmul_params=config.matmul_params(),
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        head_dim=config.head_dim,
-        seq_len=args.seq_len,
-    )
-    reporter = metrics.Reporter(
-        case="fsdp",
-        world_size=ctx.world_size,
-        device=dist.reporter_device(ctx.device),
-        samples_per_step=sampler.global_batch,
-        flops_per_sample=flops_per_token * args.seq_len,
-        tokens_per_sample=args.seq_len,
-        warmup_steps=args.warmup_steps,
-        peak_tflops=args.peak_tflops,
-        enabled=ctx.is_main,
-        stream=stream,
+    reporter = training_reporter(
+        "fsdp",
+        config,
+        args,
+        ctx,
+        stream,
+        global_batch=sampler.global_batch,
+        param_dtype=param_dtype,
         extra={
-            "config": args.config,
-            "params": config.total_params(),
-            "matmul_params": config.matmul_params(),
-            "flops_per_token": flops_per_token,
-            "seq_len": args.seq_len,
-            "global_batch": sampler.global_batch,
-            "param_dtype": str(param_dtype).removeprefix("torch."),
             "activation_checkpointing": args.activation_checkpointing,
             "compile": args.compile,
             "reshard_after_forward": not args.no_reshard_after_forward,
-            "backend": ctx.backend,
             "dp": dp_mesh.size(),
             "tp": args.tp,
             "resumed_from_step": start_step or None,

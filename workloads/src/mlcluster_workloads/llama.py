@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
+
+from mlcluster_workloads import dist, metrics
 
 
 @dataclass(frozen=True)
@@ -249,3 +252,49 @@ class Transformer(nn.Module):
         )
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
+
+
+def training_reporter(
+    case: str,
+    config: LlamaConfig,
+    args: Any,
+    ctx: dist.DistContext,
+    stream: TextIO,
+    *,
+    global_batch: int,
+    param_dtype: torch.dtype,
+    extra: dict[str, Any],
+) -> metrics.Reporter:
+    """The metrics reporter of a case that trains this model (fsdp, deepspeed, megatron): FLOPs
+    per token from the config's matmul weights at ``args.seq_len``, the summary fields every such
+    case reports, then the case's own ``extra`` (which may override them)."""
+    flops_per_token = metrics.transformer_flops_per_token(
+        matmul_params=config.matmul_params(),
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        head_dim=config.head_dim,
+        seq_len=args.seq_len,
+    )
+    return metrics.Reporter(
+        case=case,
+        world_size=ctx.world_size,
+        device=dist.reporter_device(ctx.device),
+        samples_per_step=global_batch,
+        flops_per_sample=flops_per_token * args.seq_len,
+        tokens_per_sample=args.seq_len,
+        warmup_steps=args.warmup_steps,
+        peak_tflops=args.peak_tflops,
+        enabled=ctx.is_main,
+        stream=stream,
+        extra={
+            "config": args.config,
+            "params": config.total_params(),
+            "matmul_params": config.matmul_params(),
+            "flops_per_token": flops_per_token,
+            "seq_len": args.seq_len,
+            "global_batch": global_batch,
+            "param_dtype": str(param_dtype).removeprefix("torch."),
+            "backend": ctx.backend,
+            **extra,
+        },
+    )

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from mlcluster_workloads import dist, metrics
 from mlcluster_workloads.data import ShardedSampler, SyntheticTokens
-from mlcluster_workloads.llama import CONFIGS, LlamaConfig
+from mlcluster_workloads.llama import CONFIGS, LlamaConfig, training_reporter
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 ATTENTION = ("sdpa", "local")
@@ -414,41 +414,24 @@ def run(args: argparse.Namespace, ctx: dist.DistContext, stream: TextIO) -> None
     forward_backward = get_forward_backward_func()
     last_stage = parallel_state.is_pipeline_last_stage()
 
-    flops_per_token = metrics.transformer_flops_per_token(
-        matmul_params=config.matmul_params(),
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        head_dim=config.head_dim,
-        seq_len=args.seq_len,
-    )
-    reporter = metrics.Reporter(
-        case="megatron",
-        world_size=ctx.world_size,
-        device=dist.reporter_device(ctx.device),
-        samples_per_step=sampler.global_batch,
-        flops_per_sample=flops_per_token * args.seq_len,
-        tokens_per_sample=args.seq_len,
-        warmup_steps=args.warmup_steps,
-        peak_tflops=args.peak_tflops,
-        enabled=ctx.is_main,
-        stream=stream,
+    reporter = training_reporter(
+        "megatron",
+        config,
+        args,
+        ctx,
+        stream,
+        global_batch=sampler.global_batch,
+        param_dtype=dtype,
         extra={
-            "config": args.config,
             "params": params_total,
             "llama_params": config.total_params(),
-            "matmul_params": config.matmul_params(),
-            "flops_per_token": flops_per_token,
             "megatron_core": megatron_core.__version__,
             "tp": args.tp,
             "pp": args.pp,
             "dp": dp,
             "microbatches": args.microbatches,
             "micro_batch_size": args.batch_size,
-            "seq_len": args.seq_len,
-            "global_batch": sampler.global_batch,
-            "param_dtype": str(dtype).removeprefix("torch."),
             "attention": args.attention,
-            "backend": ctx.backend,
         },
     )
 

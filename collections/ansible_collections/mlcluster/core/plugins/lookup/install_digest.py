@@ -78,8 +78,6 @@ def install_inputs(role_dir: Path, versions_file: Path) -> list[Path]:
     return files
 
 
-# Where a name the install phase reads can appear (defaults and argument specs name every
-# variable of the role, also the configure phase's).
 def _vars_definitions(role_dir: Path) -> dict[str, str]:
     """The role's internal variables (vars/*.yml, top-level keys) and the text of each value."""
     definitions: dict[str, str] = {}
@@ -113,6 +111,8 @@ def install_variables(role_dir: Path, stamp: tuple) -> tuple[str, ...]:
         for p in tasks
         for line in p.read_text(errors="replace").splitlines()
     )
+    # Templates and files count where the task text names them (defaults and argument specs
+    # name every variable of the role, also the configure phase's, so they do not count).
     named = text
     for path in inputs:
         relative = path.relative_to(role_dir).as_posix()
