@@ -108,3 +108,32 @@ def test_only_the_templates_and_vars_the_install_phase_reaches_count():
     # tuning's install phase renders its own templates: their variables count.
     tuning = lookup.install_variables((project_root() / "roles" / "tuning").resolve(), ("t",))
     assert "tuning_transparent_hugepage" in tuning and "tuning_systemd_limits" in tuning
+
+
+def test_internal_variables_count_through_every_variable_they_reach(tmp_path):
+    role = tmp_path / "demo"
+    (role / "tasks").mkdir(parents=True)
+    (role / "vars").mkdir()
+    (role / "templates").mkdir()
+    (role / "tasks" / "install.yml").write_text(
+        "- name: Install the packages\n"
+        "  ansible.builtin.apt:\n"
+        '    name: "{{ __demo_packages }}"  # not demo_commented\n'
+        "- name: Write the unit\n"
+        "  ansible.builtin.template:\n"
+        "    src: demo.service.j2\n"
+        "    dest: /etc/systemd/system/demo.service\n"
+    )
+    (role / "vars" / "main.yml").write_text(
+        '__demo_packages: "{{ __demo_base + demo_extra_packages }}"\n'
+        "__demo_base:\n"
+        '  - "{{ demo_core_package }}"  # demo_commented_too\n'
+        '__demo_configure_only: "{{ demo_configure_value }}"\n'
+    )
+    (role / "templates" / "demo.service.j2").write_text("ExecStart={{ demo_binary }}\n")
+    (role / "templates" / "demo.conf.j2").write_text("{{ demo_configure_setting }}\n")
+    assert lookup.install_variables(role.resolve(), ("demo",)) == (
+        "demo_binary",
+        "demo_core_package",
+        "demo_extra_packages",
+    )
